@@ -1,0 +1,1 @@
+"""Umbra benchmarks: ``python -m bench.run`` (see bench/run.py)."""

@@ -1,0 +1,267 @@
+"""The board firmware's side of the serial link, sans-I/O.
+
+:class:`Firmware` is fed the bytes that arrive from the node and told the time; it returns
+the bytes to write back.  It never reads a clock or touches a port: board time arrives
+through :meth:`Firmware.advance_to` (which steps the plant) and wall time as ``wall=``
+arguments (seconds, any monotonic origin).
+
+Behaviour (docs/ICD.md):
+
+- HELLO → HELLO_ACK with the highest protocol version both sides speak (0: none); the
+  reliable channel starts a new session.
+- SET_CAPS / SET_RAIL are applied and acknowledged OK, or refused with BAD_ARGUMENT and no
+  effect (wrong length, cap outside the hardware range, no such GPU).  Duplicates are
+  re-acknowledged by the channel and never applied twice.  Other reliable messages are
+  acknowledged UNSUPPORTED.
+- SENSOR frames are built on request (the board's clock asks at the sensor rate).
+- Watchdog: after ``watchdog_s`` of *wall* time without one valid frame from the node
+  (armed from boot), every cap drops to the minimum and SENSOR carries WATCHDOG_SAFE.  The
+  next valid frame clears the flag; the caps stay at the minimum until the node sets new
+  ones.  Liveness uses wall time because board time may run many times faster.
+- HEARTBEAT when nothing else was sent for ``heartbeat_s`` of wall time (slow sensor rates).
+- ``rx_errors`` in SENSOR counts frames the decoder rejected (CRC, oversize, other errors).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from firmware_sim.config import FirmwareConfig
+from firmware_sim.plant import ParamValue, Plant
+from node.errors import CommandRejected
+from node.link.channel import Delivered, ReliableChannel
+from node.link.codec import Frame, FrameDecoder
+from node.link.messages import (
+    UINT32_MAX,
+    AckStatus,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    Message,
+    Sensor,
+    SensorFlag,
+    SetCaps,
+    SetRail,
+)
+
+#: Parameters the firmware answers itself (read-only); the rest go to the plant.
+FIRMWARE_PARAMS = ("t_board", "watchdog_safe", "rx_errors")
+
+
+@dataclass(slots=True)
+class FirmwareStats:
+    hellos: int = 0
+    commands_applied: int = 0
+    commands_refused: int = 0  # BAD_ARGUMENT or UNSUPPORTED
+    watchdog_trips: int = 0
+    heartbeats_sent: int = 0
+    sensor_frames: int = 0
+
+
+def negotiate(hello: Hello, lo: int, hi: int) -> int:
+    """Highest protocol version in both ranges, 0 when they do not overlap."""
+    top = min(hello.max_version, hi)
+    return top if max(hello.min_version, lo) <= top else 0
+
+
+class Firmware:
+    """Board firmware logic for one node link."""
+
+    def __init__(
+        self,
+        *,
+        plant: Plant,
+        wall: float,
+        config: FirmwareConfig | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.config = cfg = config if config is not None else FirmwareConfig()
+        self.plant = plant
+        self.log = logger or logging.getLogger("umbra.board.firmware")
+        self.channel = ReliableChannel(retry_timeout=cfg.retry_timeout_s, max_tries=cfg.max_tries)
+        self.decoder = FrameDecoder()
+        self.stats = FirmwareStats()
+        self.node_id: str | None = None
+        self._t_board = 0.0
+        self._last_rx_wall = wall  # armed from boot: no node at all is silence too
+        self._last_tx_wall = wall
+        self._safe = False
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def t_board(self) -> float:
+        return self._t_board
+
+    @property
+    def watchdog_safe(self) -> bool:
+        return self._safe
+
+    @property
+    def rx_errors(self) -> int:
+        s = self.decoder.stats
+        return min(s.crc_errors + s.decode_errors + s.oversize, UINT32_MAX)
+
+    # --- time -----------------------------------------------------------------------------
+
+    def advance_to(self, t_board: float) -> None:
+        """Step the plant up to board time ``t_board`` (never backwards)."""
+        if t_board > self._t_board:
+            self.plant.step(t_board - self._t_board)
+            self._t_board = t_board
+
+    def poll(self, *, wall: float) -> bytes:
+        """Retransmits, watchdog and heartbeat due at ``wall``."""
+        self._check_watchdog(wall)
+        _events, frames = self.channel.poll(wall)  # the board sends nothing reliable yet
+        out = b"".join(frames)
+        if not out and wall - self._last_tx_wall >= self.config.heartbeat_s:
+            self.stats.heartbeats_sent += 1
+            out = self.channel.send(Heartbeat(uptime_s=self._t_board), wall)
+        return self._sent(out, wall)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def receive(self, data: bytes, *, wall: float) -> bytes:
+        """Bytes from the node in; bytes for the node out."""
+        self.decoder.feed(data)
+        out = []
+        while (frame := self.decoder.next_frame()) is not None:
+            out.append(self.handle_frame(frame, wall=wall))
+        return b"".join(out)
+
+    def handle_frame(self, frame: Frame, *, wall: float) -> bytes:
+        """One decoded frame from the node."""
+        # A silence that ran out before this frame still trips: the caps went to minimum.
+        self._check_watchdog(wall)
+        self._last_rx_wall = wall
+        if self._safe:
+            self._safe = False
+            self.log.warning("node is back; watchdog safe state cleared (caps stay at minimum)")
+        events, out = self.channel.receive(frame)
+        parts = [*out]
+        for event in events:
+            if isinstance(event, Delivered):
+                parts.append(self._deliver(event.seq, event.message))
+        return self._sent(b"".join(parts), wall)
+
+    def _hello(self, hello: Hello) -> bytes:
+        self.stats.hellos += 1
+        self.channel.reset()
+        self.node_id = hello.node_id
+        ack = self.hello_ack(hello)
+        self.log.info("HELLO from %s: version %d", hello.node_id, ack.version)
+        return self.channel.session_frame(ack)
+
+    def hello_ack(self, hello: Hello) -> HelloAck:
+        cfg = self.config
+        lo, hi = self.plant.cap_range_w
+        return HelloAck(
+            version=negotiate(hello, cfg.min_version, cfg.max_version),
+            board_id=cfg.board_id,
+            fw_version=cfg.fw_version,
+            gpu_count=self.plant.gpu_count,
+            cap_min_w=float(lo),
+            cap_max_w=float(hi),
+            sensor_rate_hz=float(cfg.sensor_rate_hz),
+            watchdog_s=float(cfg.watchdog_s),
+            min_version=cfg.min_version,
+            max_version=cfg.max_version,
+        )
+
+    def _deliver(self, seq: int, message: Message) -> bytes:
+        if isinstance(message, Hello):
+            return self._hello(message)
+        if not message.RELIABLE:
+            return b""  # HEARTBEAT (liveness only) and messages meant for the other side
+        if seq == 0:
+            # A reliable message outside the numbering cannot be acknowledged (ack_seq ≥ 1).
+            self.log.warning("ignored %s sent as a session frame", type(message).__name__)
+            return b""
+        status: int = AckStatus.OK
+        try:
+            if isinstance(message, SetCaps):
+                self.plant.set_caps(message.cap_w)
+            elif isinstance(message, SetRail):
+                self.plant.set_rail(message.gpu, message.on)
+            else:
+                raise CommandRejected(
+                    f"{type(message).__name__} is not served on this port",
+                    code=AckStatus.UNSUPPORTED,
+                )
+        except CommandRejected as exc:
+            status = exc.code
+            self.stats.commands_refused += 1
+            self.log.info("refused %s (seq %d): %s", type(message).__name__, seq, exc)
+        else:
+            self.stats.commands_applied += 1
+        return self.channel.ack(seq, status)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def sensor_frame(self, *, wall: float) -> bytes:
+        """The SENSOR frame for the current board time."""
+        reading = self.plant.read()
+        flags = SensorFlag(0)
+        if self._safe:
+            flags |= SensorFlag.WATCHDOG_SAFE
+        if reading.eclipse:
+            flags |= SensorFlag.ECLIPSE
+        if reading.hw_slowdown:
+            flags |= SensorFlag.HW_SLOWDOWN
+        sensor = Sensor(
+            t_board=self._t_board,
+            utc=self.config.utc_at_boot + self._t_board,
+            temp_c=reading.temp_c,
+            power_w=reading.power_w,
+            cap_w=reading.cap_w,
+            progress=reading.progress,
+            rails=reading.rails,
+            solar_w=reading.solar_w,
+            battery_soc=reading.battery_soc,
+            radiator_c=reading.radiator_c,
+            flags=int(flags),
+            rx_errors=self.rx_errors,
+        )
+        self.stats.sensor_frames += 1
+        return self._sent(self.channel.send(sensor, wall), wall)
+
+    def _sent(self, data: bytes, wall: float) -> bytes:
+        if data:
+            self._last_tx_wall = wall
+        return data
+
+    # --- watchdog -------------------------------------------------------------------------
+
+    def _check_watchdog(self, wall: float) -> None:
+        if self._safe or wall - self._last_rx_wall < self.config.watchdog_s:
+            return
+        lo, _hi = self.plant.cap_range_w
+        self.plant.set_caps((lo,) * self.plant.gpu_count)
+        self._safe = True
+        self.stats.watchdog_trips += 1
+        self.log.warning(
+            "no frame from the node for %.1f s: every cap to %g W (watchdog safe)",
+            wall - self._last_rx_wall,
+            lo,
+        )
+
+    # --- parameters (HIL) -----------------------------------------------------------------
+
+    def get_param(self, name: str) -> ParamValue:
+        if name == "t_board":
+            return self._t_board
+        if name == "watchdog_safe":
+            return 1.0 if self._safe else 0.0
+        if name == "rx_errors":
+            return float(self.rx_errors)
+        return self.plant.get_param(name)
+
+    def set_param(self, name: str, value: ParamValue) -> None:
+        if name in FIRMWARE_PARAMS:
+            raise CommandRejected(f"read-only parameter {name!r}", code=AckStatus.BAD_ARGUMENT)
+        self.plant.set_param(name, value)
+
+    def param_names(self) -> tuple[str, ...]:
+        return FIRMWARE_PARAMS + self.plant.param_names()

@@ -1,0 +1,1 @@
+"""The Umbra ground segment: telemetry tail and ingest, command signing, console and CLI."""

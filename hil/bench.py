@@ -1,0 +1,109 @@
+"""A local bench: a simulated board and the node, as child processes, on a pty.
+
+``LocalBench`` starts what a run needs and stops what it started (by pid).  The demo uses
+it, and so do the end-to-end tests, which also stop, kill and restart its parts.  Bench
+files (TOML) describing real boards come with the harness issue.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from hil.procs import ManagedProcess
+
+BOARD_READY = r"umbra-board: .* on "
+NODE_READY = r"umbra-node: .* on "
+
+
+@dataclass
+class LocalBench:
+    workdir: Path
+    mqtt_host: str
+    mqtt_port: int
+    node_id: str = "node-1"
+    gpus: int = 8
+    rate_hz: float = 10.0
+    speed: float = 1.0
+    hk_rate_hz: float = 1.0
+    demand_w: float | None = None
+    board_args: tuple[str, ...] = ()
+    node_args: tuple[str, ...] = ()
+    python: str = sys.executable
+    board: ManagedProcess | None = field(default=None, init=False)
+    node: ManagedProcess | None = field(default=None, init=False)
+
+    @property
+    def link_path(self) -> Path:
+        return self.workdir / "board.tty"
+
+    @property
+    def hil_path(self) -> Path:
+        return self.workdir / "board-hil.tty"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def board_argv(self) -> list[str]:
+        argv = [
+            self.python, "-m", "firmware_sim.cli",
+            "--link", str(self.link_path),
+            "--hil", str(self.hil_path),
+            "--gpus", str(self.gpus),
+            "--rate", str(self.rate_hz),
+            "--speed", str(self.speed),
+        ]
+        if self.demand_w is not None:
+            argv += ["--demand", str(self.demand_w)]
+        return argv + list(self.board_args)
+
+    def node_argv(self) -> list[str]:
+        return [
+            self.python, "-m", "node.cli",
+            "--serial", str(self.link_path),
+            "--mqtt", f"{self.mqtt_host}:{self.mqtt_port}",
+            "--node-id", self.node_id,
+            "--data-dir", str(self.workdir / "node-data"),
+            "--hk-rate", str(self.hk_rate_hz),
+            *self.node_args,
+        ]
+
+    def start_board(self, timeout: float = 30.0) -> ManagedProcess:
+        if self.board is None:
+            self.board = ManagedProcess(self.board_argv(), name="board", log_dir=self.log_dir)
+        since = self.board.mark()
+        self.board.start()
+        self.board.wait_for_line(BOARD_READY, timeout, since=since)
+        return self.board
+
+    def start_node(self, timeout: float = 60.0) -> ManagedProcess:
+        if self.node is None:
+            self.node = ManagedProcess(self.node_argv(), name="node", log_dir=self.log_dir)
+        since = self.node.mark()
+        self.node.start()
+        self.node.wait_for_line(NODE_READY, timeout, since=since)
+        return self.node
+
+    def start(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_board()
+        self.start_node()
+        return self
+
+    def stop(self) -> None:
+        # The node first, so it says goodbye on the bus rather than seeing its board vanish.
+        for proc in (self.node, self.board):
+            if proc is not None:
+                proc.stop(timeout=1.5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,3 @@
+"""Umbra's onboard controller."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,143 @@
+"""What the controller needs from "a board", and the events a board produces.
+
+The serial board (:class:`node.link.serial_board.SerialBoard`) is one implementation;
+:class:`FakeBoard` — in-memory, scripted by tests — is another; an NVML backend will be a
+third.  The controller depends only on :class:`Board`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self
+
+from node.errors import LinkError
+from node.link.messages import AckStatus, HelloAck, Message, Sensor, SetCaps, SetRail
+
+
+@dataclass(frozen=True, slots=True)
+class BoardInfo:
+    board_id: str
+    fw_version: str
+    gpu_count: int
+    cap_min_w: float
+    cap_max_w: float
+    sensor_rate_hz: float
+    watchdog_s: float
+    protocol_version: int
+
+    @classmethod
+    def from_hello_ack(cls, ack: HelloAck) -> BoardInfo:
+        return cls(
+            board_id=ack.board_id,
+            fw_version=ack.fw_version,
+            gpu_count=ack.gpu_count,
+            cap_min_w=ack.cap_min_w,
+            cap_max_w=ack.cap_max_w,
+            sensor_rate_hz=ack.sensor_rate_hz,
+            watchdog_s=ack.watchdog_s,
+            protocol_version=ack.version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    info: BoardInfo
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReading:
+    sensor: Sensor
+    received_at: float  # wall (monotonic) time, for latency and liveness only
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The board answered a command; ``status`` is its AckStatus (None: no answer at all)."""
+
+    message: Message
+    status: AckStatus | int | None
+
+
+BoardEvent = LinkUp | LinkDown | SensorReading | CommandResult
+
+
+class Board(Protocol):
+    """A board the controller can read sensors from and send commands to."""
+
+    @property
+    def info(self) -> BoardInfo | None: ...
+
+    @property
+    def link_up(self) -> bool: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def next_event(self) -> BoardEvent:
+        """Wait for the next event (link changes, sensor frames, command results)."""
+        ...
+
+    def set_caps(self, cap_w: Sequence[float]) -> None:
+        """Send every GPU's power cap (reliably).  LinkError when the link is down."""
+        ...
+
+    def set_rail(self, gpu: int, on: bool) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """Link counters for telemetry."""
+        ...
+
+
+@dataclass
+class FakeBoard:
+    """An in-memory board for tests: push events in, read the commands it was sent."""
+
+    events: asyncio.Queue[BoardEvent] = field(default_factory=asyncio.Queue)
+    sent: list[Message] = field(default_factory=list)
+    current_info: BoardInfo | None = None
+
+    @property
+    def info(self) -> BoardInfo | None:
+        return self.current_info
+
+    @property
+    def link_up(self) -> bool:
+        return self.current_info is not None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def next_event(self) -> BoardEvent:
+        event = await self.events.get()
+        if isinstance(event, LinkUp):
+            self.current_info = event.info
+        elif isinstance(event, LinkDown):
+            self.current_info = None
+        return event
+
+    def set_caps(self, cap_w: Sequence[float]) -> None:
+        if not self.link_up:
+            raise LinkError("fake board link is down")
+        self.sent.append(SetCaps(cap_w=tuple(float(c) for c in cap_w)))
+
+    def set_rail(self, gpu: int, on: bool) -> None:
+        if not self.link_up:
+            raise LinkError("fake board link is down")
+        self.sent.append(SetRail(gpu=gpu, on=on))
+
+    def stats(self) -> dict[str, int]:
+        return {"commands_sent": len(self.sent)}

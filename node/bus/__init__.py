@@ -1,0 +1,1 @@
+"""The MQTT bus between node and ground."""

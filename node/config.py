@@ -1,0 +1,188 @@
+"""The node's configuration: one frozen dataclass per part, read from TOML, validated by key.
+
+A config file looks like (every key optional; defaults below)::
+
+    [node]
+    node_id = "node-1"
+    data_dir = "./var/node-1"
+
+    [link]
+    serial = "/tmp/umbra-board"      # a path or a pyserial URL such as socket://127.0.0.1:5000
+    timeout_s = 0.5                  # no frame from the board this long (wall time): link down
+    hello_interval_s = 0.5
+    heartbeat_s = 0.5
+    retry_timeout_s = 0.25
+    max_tries = 5
+
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    hk_rate_hz = 1.0
+    keepalive_s = 10
+    username = ""
+    password = ""
+
+    [control]
+    target_c = 80.0
+    gain_w_per_k = 40.0
+    deadband_w = 5.0
+    hysteresis_k = 2.0
+
+Command-line flags override the file.  Errors name the key (``mqtt.port``) and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from node.bus.payloads import NODE_ID_RE
+from node.errors import ConfigError
+
+_T = TypeVar("_T")
+
+
+def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi) or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{section}.{name} = {value!r} is outside [{lo}, {hi}]", key=f"{section}.{name}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkConfig:
+    serial: str = ""
+    timeout_s: float = 0.5
+    hello_interval_s: float = 0.5
+    heartbeat_s: float = 0.5
+    retry_timeout_s: float = 0.25
+    max_tries: int = 5
+    reconnect_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_range("link", "timeout_s", self.timeout_s, 0.05, 60.0)
+        _check_range("link", "hello_interval_s", self.hello_interval_s, 0.05, 60.0)
+        _check_range("link", "heartbeat_s", self.heartbeat_s, 0.05, 60.0)
+        _check_range("link", "retry_timeout_s", self.retry_timeout_s, 0.01, 60.0)
+        _check_range("link", "max_tries", self.max_tries, 1, 100)
+        _check_range("link", "reconnect_s", self.reconnect_s, 0.01, 60.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    hk_rate_hz: float = 1.0
+    keepalive_s: int = 10
+    username: str = ""
+    password: str = ""
+    #: Events and housekeeping queued while the broker is away (oldest dropped beyond).
+    queue_limit: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("mqtt.host must not be empty", key="mqtt.host")
+        _check_range("mqtt", "port", self.port, 1, 65535)
+        _check_range("mqtt", "hk_rate_hz", self.hk_rate_hz, 0.01, 100.0)
+        _check_range("mqtt", "keepalive_s", self.keepalive_s, 1, 3600)
+        _check_range("mqtt", "queue_limit", self.queue_limit, 10, 10_000_000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlConfig:
+    target_c: float = 80.0
+    gain_w_per_k: float = 40.0
+    deadband_w: float = 5.0
+    #: THERMAL_LIMIT is left only when every GPU is this far below target (no chatter).
+    hysteresis_k: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_range("control", "target_c", self.target_c, 0.0, 120.0)
+        _check_range("control", "hysteresis_k", self.hysteresis_k, 0.0, 50.0)
+        _check_range("control", "gain_w_per_k", self.gain_w_per_k, 0.0, 1000.0)
+        _check_range("control", "deadband_w", self.deadband_w, 0.0, 100.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    node_id: str = "node-1"
+    data_dir: Path = Path("./var/node-1")
+    link: LinkConfig = field(default_factory=LinkConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+
+    def __post_init__(self) -> None:
+        if not NODE_ID_RE.fullmatch(self.node_id):
+            raise ConfigError(
+                f"node.node_id = {self.node_id!r}: use 1-32 letters, digits, '-' or '_'",
+                key="node.node_id",
+            )
+
+    @classmethod
+    def from_toml(cls, path: Path | str, **overrides: Any) -> Self:
+        """Read ``path``; ``overrides`` are ``section.key`` → value (None means not given)."""
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist", source=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source} is not valid TOML: {exc}", source=source) from None
+        return cls.from_mapping(raw, source=source, **overrides)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}}
+        for section, values in raw.items():
+            if section not in sections:
+                raise ConfigError(f"{source}: unknown section [{section}]", key=section, source=source)
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: {section} must be a table", key=section, source=source)
+            sections[section].update(values)
+        for dotted, value in overrides.items():
+            if value is not None:
+                section, _, key = dotted.partition(".")
+                sections[section][key] = value
+        try:
+            node = sections["node"]
+            return cls(
+                node_id=_typed(node, "node", "node_id", str, "node-1", source),
+                data_dir=Path(_typed(node, "node", "data_dir", str, "./var/node-1", source)),
+                link=_build(LinkConfig, "link", sections["link"], source),
+                mqtt=_build(MqttConfig, "mqtt", sections["mqtt"], source),
+                control=_build(ControlConfig, "control", sections["control"], source),
+            )
+        except ConfigError as exc:
+            if exc.source is None:
+                exc.source = source
+                exc.args = (f"{source}: {exc.args[0]}",)
+            raise
+
+
+def _typed(values: dict[str, Any], section: str, key: str, kind: type, default: Any, source: str) -> Any:
+    value = values.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {section}.{key} must be {kind.__name__}, got {type(value).__name__}",
+            key=f"{section}.{key}",
+            source=source,
+        )
+    return value
+
+
+def _build(cls: type[_T], section: str, values: dict[str, Any], source: str) -> _T:
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {section}.{key}", key=f"{section}.{key}", source=source)
+    kwargs = {}
+    for name, f in known.items():
+        if name in values:
+            kind = {"float": float, "int": int, "str": str}[str(f.type)]
+            kwargs[name] = _typed(values, section, name, kind, None, source)
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Numba control kernels and their NumPy references."""

@@ -1,0 +1,250 @@
+"""The onboard controller: board events in, control decisions and telemetry out.
+
+``NodeController`` owns a TaskGroup with two tasks: the control loop, which runs once per
+sensor frame (board time is the clock for control), and the housekeeping loop, which
+publishes at ``mqtt.hk_rate_hz`` of wall time.  It talks to the board only through
+:class:`node.board.Board` and to ground only through a :class:`Publisher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import numpy as np
+
+from node.board import Board, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
+from node.bus.payloads import Event, Housekeeping, Mode, Severity
+from node.config import NodeConfig
+from node.control import kernels
+from node.errors import LinkError
+from node.link.messages import AckStatus, Sensor, SensorFlag
+from node.modes import ModeMachine, Transition, Trigger
+
+log = logging.getLogger("umbra.node.control")
+
+
+class Publisher(Protocol):
+    def publish(self, payload: Housekeeping | Event) -> None: ...
+
+
+class NodeController:
+    def __init__(
+        self,
+        *,
+        config: NodeConfig,
+        board: Board,
+        publisher: Publisher,
+        clock: Callable[[], float] = time.monotonic,
+        utc: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._board = board
+        self._publisher = publisher
+        self._clock = clock
+        self._utc = utc
+        self._modes = ModeMachine()
+        self._seq = 0
+        self._info: BoardInfo | None = None
+        self._last: Sensor | None = None
+        self._temps = np.zeros(0)
+        self._caps = np.zeros(0)
+        self._sent = np.zeros(0)
+        self._watchdog_seen = False
+        self._control_us = 0.0
+        self._task_group: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Set after every control step; tests and the service watchdog wait on it.
+        self.stepped = asyncio.Event()
+        self.steps = 0
+
+    @property
+    def mode(self) -> Mode:
+        return self._modes.mode
+
+    @property
+    def last_sensor(self) -> Sensor | None:
+        return self._last
+
+    async def __aenter__(self) -> Self:
+        self._task_group = asyncio.TaskGroup()
+        await self._task_group.__aenter__()
+        self._tasks = [
+            self._task_group.create_task(self._control_loop(), name="umbra.node.control"),
+            self._task_group.create_task(self._hk_loop(), name="umbra.node.hk"),
+        ]
+        self._event("boot", Severity.INFO, f"node {self._config.node_id} started")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._task_group is not None
+        for task in self._tasks:
+            task.cancel()
+        await self._task_group.__aexit__(exc_type, exc, tb)
+
+    # --- telemetry --------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _t_board(self) -> float:
+        return self._last.t_board if self._last is not None else 0.0
+
+    def _event(self, kind: str, severity: Severity, text: str, **data: Any) -> None:
+        log.log(logging.WARNING if severity >= Severity.WARNING else logging.INFO, "%s: %s", kind, text)
+        self._publisher.publish(
+            Event(
+                node_id=self._config.node_id,
+                seq=self._next_seq(),
+                utc=self._utc(),
+                t_board=self._t_board(),
+                kind=kind,
+                severity=int(severity),
+                text=text,
+                data=data,
+            )
+        )
+
+    def housekeeping(self) -> Housekeeping:
+        s = self._last
+        return Housekeeping(
+            node_id=self._config.node_id,
+            seq=self._next_seq(),
+            utc=self._utc(),
+            t_board=self._t_board(),
+            mode=self.mode.value,
+            link_up=self._board.link_up,
+            temp_c=Housekeeping.temps_for_wire(s.temp_c) if s else (),
+            power_w=s.power_w if s else (),
+            cap_w=s.cap_w if s else (),
+            progress=s.progress if s else (),
+            solar_w=s.solar_w if s else 0.0,
+            battery_soc=s.battery_soc if s else 0.0,
+            radiator_c=None if s is None or s.radiator_c != s.radiator_c else s.radiator_c,
+            board_flags=s.flags if s else 0,
+            link=self._board.stats(),
+            control_us=self._control_us,
+        )
+
+    async def _hk_loop(self) -> None:
+        period = 1.0 / self._config.mqtt.hk_rate_hz
+        next_at = self._clock()
+        while True:
+            self._publisher.publish(self.housekeeping())
+            next_at += period
+            # If we fell far behind (suspended process), do not burst to catch up.
+            next_at = max(next_at, self._clock())
+            await asyncio.sleep(next_at - self._clock())
+
+    # --- control ----------------------------------------------------------------------------
+
+    def _fire(self, trigger: Trigger, reason: str) -> None:
+        transition = self._modes.fire(trigger, reason)
+        if transition is not None:
+            self._announce(transition)
+
+    def _announce(self, t: Transition) -> None:
+        severity = Severity.WARNING if t.after is Mode.SAFE else Severity.INFO
+        self._event(
+            "mode",
+            severity,
+            f"mode {t.before.value} -> {t.after.value}: {t.reason}",
+            before=t.before.value,
+            after=t.after.value,
+            trigger=t.trigger.value,
+        )
+
+    async def _control_loop(self) -> None:
+        while True:
+            event = await self._board.next_event()
+            if isinstance(event, SensorReading):
+                self._step(event.sensor)
+            elif isinstance(event, LinkUp):
+                self._link_up(event.info)
+            elif isinstance(event, LinkDown):
+                self._event("link_down", Severity.WARNING, f"board link down: {event.reason}")
+                self._fire(Trigger.LINK_LOST, f"board link lost ({event.reason})")
+            elif isinstance(event, CommandResult):
+                self._command_result(event)
+
+    def _link_up(self, info: BoardInfo) -> None:
+        self._info = info
+        n = info.gpu_count
+        self._temps = np.zeros(n)
+        self._caps = np.zeros(n)
+        self._sent = np.full(n, np.nan)  # NaN: nothing sent this session, so the next step sends
+        self._watchdog_seen = False
+        self._event(
+            "link_up",
+            Severity.INFO,
+            f"board {info.board_id} (fw {info.fw_version}, {n} GPUs) connected",
+            board_id=info.board_id,
+            fw_version=info.fw_version,
+            gpu_count=n,
+        )
+        self._fire(Trigger.LINK_UP, "board link established")
+
+    def _command_result(self, result: CommandResult) -> None:
+        if result.status == AckStatus.OK:
+            return
+        name = type(result.message).__name__
+        if result.status is None:
+            text = f"board never acknowledged {name}"
+        else:
+            text = f"board refused {name}: status {result.status}"
+        self._sent[:] = np.nan  # resend on the next step
+        self._event("command_failed", Severity.WARNING, text)
+
+    def _step(self, sensor: Sensor) -> None:
+        info = self._info
+        if info is None or sensor.gpu_count != info.gpu_count:
+            return
+        started = time.perf_counter()
+        self._last = sensor
+        self._temps[:] = sensor.temp_c
+        throttled = kernels.throttle_caps(
+            self._temps,
+            info.cap_min_w,
+            info.cap_max_w,
+            self._config.control.target_c,
+            self._config.control.gain_w_per_k,
+            self._caps,
+        )
+        if self.mode is Mode.SAFE:
+            self._caps[:] = info.cap_min_w
+        watchdog = bool(sensor.flags & SensorFlag.WATCHDOG_SAFE)
+        if watchdog and not self._watchdog_seen:
+            self._event("board_watchdog", Severity.WARNING, "board watchdog put the GPUs in the safe state")
+            self._sent[:] = np.nan  # the board dropped our caps; send them again
+        self._watchdog_seen = watchdog
+        changed = bool(np.isnan(self._sent).any()) or kernels.caps_changed(
+            self._caps, self._sent, self._config.control.deadband_w
+        )
+        if changed:
+            try:
+                self._board.set_caps(self._caps.tolist())
+                self._sent[:] = self._caps
+            except LinkError:
+                pass  # the link just went down; its event is on the way
+        if self.mode is not Mode.SAFE:
+            control = self._config.control
+            if throttled:
+                self._fire(
+                    Trigger.THERMAL_THROTTLING,
+                    f"{throttled} GPU(s) throttled above {control.target_c:.0f} °C",
+                )
+            elif float(self._temps.max()) < control.target_c - control.hysteresis_k:
+                self._fire(
+                    Trigger.THERMAL_CLEAR,
+                    f"all GPUs below {control.target_c - control.hysteresis_k:.0f} °C",
+                )
+        self._control_us = (time.perf_counter() - started) * 1e6
+        self.steps += 1
+        self.stepped.set()

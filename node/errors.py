@@ -1,0 +1,64 @@
+"""One exception tree for all of Umbra.
+
+Every error Umbra raises on purpose is an ``UmbraError``.  The branches say *whose* fault
+it is and what the caller can do about it; context travels as attributes, not only in
+the message text.
+"""
+
+from __future__ import annotations
+
+
+class UmbraError(Exception):
+    """Base of every error Umbra raises on purpose."""
+
+
+class ProtocolError(UmbraError):
+    """Something is wrong with bytes or messages on a link."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something that breaks the protocol (bad CRC, bad body, bad value).
+
+    Receivers count these and carry on; they never crash a controller.
+    """
+
+    def __init__(self, message: str, *, reason: str = "decode") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code tried to build or send something the protocol does not allow."""
+
+
+class LinkError(UmbraError):
+    """A link (serial port, broker connection) is missing or went away."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class ConfigError(UmbraError):
+    """A configuration value is missing, unknown or out of range."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+
+class HardwareFault(UmbraError):
+    """The hardware (or its simulation) reported a fault."""
+
+    def __init__(self, message: str, *, component: str | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+
+
+class CommandRejected(UmbraError):
+    """A command was refused; ``code`` is the reason code reported to its sender."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,1 @@
+"""The serial link between node and board: messages, frame codec, reliable channel."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: MQTT brokers for tests, each started and stopped by its own pid."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hil.broker import EmbeddedBroker, Mosquitto
+from node.errors import LinkError
+
+
+def _mosquitto_or_skip(workdir: Path) -> Mosquitto:
+    try:
+        return Mosquitto(workdir=workdir)
+    except LinkError as exc:  # no binary: say what to install instead of failing obscurely
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One real mosquitto on a random loopback port for the whole session.
+
+    Shared: use unique node ids (or topics) per test, since retained messages persist.
+    """
+    broker = _mosquitto_or_skip(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def fresh_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto of this test's own, free to be stopped and started again."""
+    broker = _mosquitto_or_skip(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+async def embedded_broker() -> AsyncIterator[EmbeddedBroker]:
+    """An amqtt broker inside the test's event loop."""
+    async with EmbeddedBroker() as broker:
+        yield broker
