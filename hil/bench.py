@@ -98,7 +98,7 @@ class LocalBench:
         # The node first, so it says goodbye on the bus rather than seeing its board vanish.
         for proc in (self.node, self.board):
             if proc is not None:
-                proc.stop(timeout=1.5)
+                proc.stop(timeout=1.0)  # both within the 2 s a Ctrl-C promises
 
     def __enter__(self) -> Self:
         return self.start()

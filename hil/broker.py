@@ -181,14 +181,12 @@ class Mosquitto:
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def log_tail(self, n: int = 20) -> str:
-        text = ""
+        # stderr has the log and also config errors from before the log file opens.
+        if self._proc is not None and (lines := self._proc.lines("stderr")):
+            return "\n".join(lines[-n:])
         if self.log_path.exists():
-            text = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        if self._proc is not None:
-            # Config errors come before the log file opens, on stderr only.
-            errors = [ln for ln in self._proc.lines("stderr")[-n:] if "rror" in ln]
-            text = "\n".join(filter(None, [text, *errors]))
-        return text
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
 
     def start(self) -> Self:
         """Start mosquitto and return once it accepts connections on our port."""
@@ -253,7 +251,7 @@ class Mosquitto:
         return await asyncio.to_thread(self.start)
 
     # The timeout is the SIGTERM grace period, not a deadline for the caller.
-    async def stop_async(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def stop_async(self, timeout: float = 2.0) -> None:
         await asyncio.shield(asyncio.to_thread(self.stop, timeout))
 
     def __enter__(self) -> Self:

@@ -133,7 +133,9 @@ async def run_demo(
               file=out, flush=True)
         stack.callback(bench.stop)
         await asyncio.to_thread(bench.start)
-        print(f"umbra-hil demo: running; logs in {bench.log_dir}; Ctrl-C to stop", file=out, flush=True)
+        pids = f"board pid {bench.board.pid if bench.board else '?'}, node pid {bench.node.pid if bench.node else '?'}"
+        print(f"umbra-hil demo: running ({pids}); logs in {bench.log_dir}; Ctrl-C to stop",
+              file=out, flush=True)
         view = NodeView()
         hil = await stack.enter_async_context(HilClient(port=str(bench.hil_path)))
         started = time.monotonic()

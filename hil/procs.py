@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -193,11 +194,15 @@ class ManagedProcess:
                     lines += path.read_text(errors="replace").splitlines()[-n:]
         return "\n".join(lines)
 
-    def _find(self, rx: re.Pattern[str], stream: Stream, since: int) -> re.Match[str] | None:
-        for i, s, text in self._lines:
-            if i >= since and stream in ("any", s) and (m := rx.search(text)):
-                return m
-        return None
+    def _find(
+        self, rx: re.Pattern[str], stream: Stream, since: int
+    ) -> tuple[re.Match[str] | None, int]:
+        """First match at or after ``since``, and where the next search should start."""
+        first = self._lines[0][0] if self._lines else self._count
+        for i, s, text in itertools.islice(self._lines, max(0, since - first), None):
+            if stream in ("any", s) and (m := rx.search(text)):
+                return m, i + 1
+        return None, self._count
 
     def _check_waitable(self) -> None:
         if self._popen is None:
@@ -238,7 +243,8 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                if m := self._find(rx, stream, since):
+                m, since = self._find(rx, stream, since)  # scan each line once
+                if m:
                     return m
                 if not self.running:
                     break
@@ -250,14 +256,15 @@ class ManagedProcess:
         # Exited: its last lines may still be in the pipe.
         self._join_pumps(timeout=0.5)
         with self._cond:
-            if m := self._find(rx, stream, since):
-                return m
+            m, _ = self._find(rx, stream, since)
+        if m:
+            return m
         raise self._exited_error(rx)
 
     async def wait_for_line_async(
         self,
         pattern: str | re.Pattern[str],
-        timeout: float = 10.0,  # noqa: ASYNC109 - the error carries the output tail
+        timeout: float = 10.0,
         *,
         stream: Stream = "any",
         since: int = 0,
@@ -268,8 +275,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
-                if m := self._find(rx, stream, since):
-                    return m
+                m, since = self._find(rx, stream, since)
+            if m:
+                return m
             if not self.running:
                 break
             if time.monotonic() >= deadline:
@@ -277,8 +285,9 @@ class ManagedProcess:
             await asyncio.sleep(_POLL_S)
         await asyncio.to_thread(self._join_pumps, 0.5)
         with self._cond:
-            if m := self._find(rx, stream, since):
-                return m
+            m, _ = self._find(rx, stream, since)
+        if m:
+            return m
         raise self._exited_error(rx)
 
     # -- exit -------------------------------------------------------------------------------
@@ -298,7 +307,7 @@ class ManagedProcess:
         self._join_pumps(timeout=1.0)
         return code
 
-    async def wait_async(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    async def wait_async(self, timeout: float | None = None) -> int:
         """``wait`` for async callers (polls; cancelling it leaves the child running)."""
         if self._popen is None:
             raise RuntimeError(f"{self.name} was not started")
@@ -343,6 +352,7 @@ class ManagedProcess:
         if self._group_alive():
             self._signal_group(signal.SIGKILL)
         p.wait()
+        self._await_group_exit()
         self._join_pumps(timeout=1.0)
         return p.returncode
 
@@ -353,11 +363,19 @@ class ManagedProcess:
             return None
         self._signal_group(signal.SIGKILL)
         p.wait()
+        self._await_group_exit()
         self._join_pumps(timeout=1.0)
         return p.returncode
 
+    def _await_group_exit(self, timeout: float = 1.0) -> None:
+        # SIGKILL is delivered asynchronously: a grandchild can look alive for a moment
+        # after the signal, and callers assume "stopped" means gone.
+        end = time.monotonic() + timeout
+        while self._group_alive() and time.monotonic() < end:
+            time.sleep(0.005)
+
     # The timeout is the SIGTERM grace period, not a deadline for the caller.
-    async def stop_async(self, timeout: float = 2.0) -> int | None:  # noqa: ASYNC109
+    async def stop_async(self, timeout: float = 2.0) -> int | None:
         """``stop`` without blocking the event loop; runs to the end even if cancelled."""
         return await asyncio.shield(asyncio.to_thread(self.stop, timeout))
 

@@ -20,6 +20,7 @@ from node.control import kernels
 from node.controller import NodeController
 from node.errors import ConfigError, LinkError
 from node.link.serial_board import SerialBoard, check_port_exists
+from node.seqstore import SequenceStore
 
 EXIT_USAGE = 2
 
@@ -69,7 +70,7 @@ def warm_up_kernels() -> None:
     kernels.caps_changed(caps, caps, 1.0)
 
 
-async def run(config: NodeConfig) -> None:
+async def run(config: NodeConfig, seqs: SequenceStore) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -78,7 +79,7 @@ async def run(config: NodeConfig) -> None:
     async with (
         TelemetryBus(node_id=config.node_id, config=config.mqtt, boot_id=boot_id, version=__version__) as bus,
         SerialBoard(port=config.link.serial, node_id=config.node_id, config=config.link) as board,
-        NodeController(config=config, board=board, publisher=bus),
+        NodeController(config=config, board=board, publisher=bus, next_seq=seqs.next),
     ):
         print(
             f"umbra-node: {config.node_id} on {config.link.serial}, "
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("no serial port: give --serial or link.serial", key="link.serial")
         check_port_exists(config.link.serial)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        seqs = SequenceStore(Path(config.data_dir) / "telemetry.seq")
     except (ConfigError, LinkError) as exc:
         print(f"umbra-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"umbra-node: error: data directory {config.data_dir}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     warm_up_kernels()
-    asyncio.run(run(config))
+    asyncio.run(run(config, seqs))
     return 0
 
 

@@ -9,6 +9,7 @@ publishes at ``mqtt.hk_rate_hz`` of wall time.  It talks to the board only throu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class NodeController:
         publisher: Publisher,
         clock: Callable[[], float] = time.monotonic,
         utc: Callable[[], float] = time.time,
+        next_seq: Callable[[], int] | None = None,
     ) -> None:
         self._config = config
         self._board = board
@@ -48,7 +50,8 @@ class NodeController:
         self._clock = clock
         self._utc = utc
         self._modes = ModeMachine()
-        self._seq = 0
+        # Telemetry numbering; the CLI passes a SequenceStore so numbers survive restarts.
+        self._next_seq = next_seq or itertools.count(1).__next__
         self._info: BoardInfo | None = None
         self._last: Sensor | None = None
         self._temps = np.zeros(0)
@@ -89,10 +92,6 @@ class NodeController:
         await self._task_group.__aexit__(exc_type, exc, tb)
 
     # --- telemetry --------------------------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
 
     def _t_board(self) -> float:
         return self._last.t_board if self._last is not None else 0.0

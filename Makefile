@@ -1,0 +1,67 @@
+# Umbra: the two commands a newcomer needs are `make test` and `make demo`.
+# GNU make.  Recipes are indented with tabs.
+
+VENV ?= .venv
+PY = $(VENV)/bin/python
+PYTHON ?= python3
+PYTEST_ARGS ?=
+ARGS ?=
+SRC = node ground hil firmware_sim
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install demo mosquitto test check bench clean
+
+help:
+	@echo "make install     create $(VENV) (if missing) and pip install -e '.[dev]'"
+	@echo "make test        run the test suite (PYTEST_ARGS=... to pass options to pytest)"
+	@echo "make demo        run the HIL demo bench (ARGS=... to pass options)"
+	@echo "make check       ruff and mypy on $(SRC)"
+	@echo "make bench       run the benchmarks"
+	@echo "make mosquitto   make sure the mosquitto broker is installed"
+	@echo "make clean       remove caches (keeps $(VENV))"
+
+# The stamp is newer than pyproject.toml once its dependencies are installed.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/umbra-hil demo $(ARGS)
+
+# Tests start their own mosquitto on a free port; they only need the binary.  If the
+# package also starts a system mosquitto service we leave it running: it is not ours.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then \
+		echo "mosquitto: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "mosquitto: installing with apt-get"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; \
+	else \
+		echo "mosquitto is not installed; run: sudo apt-get install mosquitto" >&2; \
+		exit 1; \
+	fi
+
+# Second pass: the numba kernels again with the JIT off, so coverage sees inside them.
+# pytest exits 5 when nothing is collected, which only means no `kernels` tests yet.
+test: $(VENV)/.installed mosquitto
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@rc=0; NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q $(PYTEST_ARGS) -m kernels || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests marked 'kernels': NUMBA_DISABLE_JIT pass skipped"; rc=0; fi; \
+	exit $$rc
+
+check: $(VENV)/.installed
+	$(PY) -m ruff check $(SRC)
+	$(PY) -m mypy $(SRC)
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov
+	find . -path ./.git -prune -o -path './$(VENV)' -prune -o \
+		-type d -name __pycache__ -prune -exec rm -rf {} +
