@@ -77,7 +77,7 @@ async def _listen(host: str, port: int, node_id: str, view: NodeView, out: TextI
                     await client.subscribe(topic(node_id, leaf), qos=1)
                 async for message in client.messages:
                     try:
-                        _, payload = decode_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                        _, payload = decode_message(str(message.topic), bytes(message.payload))
                     except RemoteProtocolError as exc:
                         print(f"  (skipped a malformed message: {exc})", file=out)
                         continue
