@@ -9,6 +9,8 @@ publishes at ``mqtt.hk_rate_hz`` of wall time.  It talks to the board only throu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -22,7 +24,7 @@ from node.board import Board, BoardInfo, CommandResult, LinkDown, LinkUp, Sensor
 from node.bus.payloads import Event, Housekeeping, Mode, Severity
 from node.config import NodeConfig
 from node.control import kernels
-from node.errors import LinkError
+from node.errors import CommandRejected, ConfigError, LinkError, Reason
 from node.link.messages import AckStatus, Sensor, SensorFlag
 from node.modes import ModeMachine, Transition, Trigger
 
@@ -59,6 +61,8 @@ class NodeController:
         self._sent = np.zeros(0)
         self._watchdog_seen = False
         self._control_us = 0.0
+        self._cap_limits: dict[int, float] = {}
+        self._hk_wakeup = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: Set after every control step; tests and the service watchdog wait on it.
@@ -90,6 +94,73 @@ class NodeController:
         for task in self._tasks:
             task.cancel()
         await self._task_group.__aexit__(exc_type, exc, tb)
+
+    # --- commands (called by the bus's command processor) ------------------------------------
+    # Each either takes effect or raises CommandRejected with a Reason code; none blocks.
+
+    def command_safe(self, reason: str = "commanded by ground") -> None:
+        self._fire(Trigger.SAFE_COMMANDED, reason)
+        self._sent[:] = np.nan  # next step sends the minimum caps
+
+    def command_release_safe(self, reason: str = "released by ground") -> None:
+        self._fire(Trigger.SAFE_RELEASED, reason)
+        self._sent[:] = np.nan
+
+    def set_gpu_cap_limit(self, gpu: int, max_w: float | None) -> None:
+        """Ground's upper limit on one GPU's cap (None lifts it); the controller stays below."""
+        info = self._require_board()
+        if not 0 <= gpu < info.gpu_count:
+            raise CommandRejected(f"no GPU {gpu} (board has {info.gpu_count})", code=Reason.OUT_OF_RANGE)
+        if max_w is None:
+            self._cap_limits.pop(gpu, None)
+        elif not info.cap_min_w <= max_w <= info.cap_max_w:
+            raise CommandRejected(
+                f"cap limit {max_w} W outside [{info.cap_min_w}, {info.cap_max_w}]", code=Reason.OUT_OF_RANGE
+            )
+        else:
+            self._cap_limits[gpu] = max_w
+        self._sent[:] = np.nan
+
+    def set_rail(self, gpu: int, on: bool) -> None:
+        info = self._require_board()
+        if not 0 <= gpu < info.gpu_count:
+            raise CommandRejected(f"no GPU {gpu} (board has {info.gpu_count})", code=Reason.OUT_OF_RANGE)
+        try:
+            self._board.set_rail(gpu, on)
+        except LinkError as exc:
+            raise CommandRejected(str(exc), code=Reason.LINK_DOWN) from None
+
+    def set_hk_rate(self, hz: float) -> None:
+        try:
+            mqtt = dataclasses.replace(self._config.mqtt, hk_rate_hz=float(hz))
+        except ConfigError as exc:
+            raise CommandRejected(str(exc), code=Reason.OUT_OF_RANGE) from None
+        self._config = dataclasses.replace(self._config, mqtt=mqtt)
+        self._hk_wakeup.set()
+
+    def param_names(self) -> list[str]:
+        return [f"control.{f.name}" for f in dataclasses.fields(self._config.control)]
+
+    def get_param(self, name: str) -> float:
+        section, _, key = name.partition(".")
+        if section != "control" or name not in self.param_names():
+            raise CommandRejected(f"unknown parameter {name!r}", code=Reason.BAD_ARGUMENT)
+        return float(getattr(self._config.control, key))
+
+    def set_param(self, name: str, value: float) -> None:
+        self.get_param(name)  # validates the name
+        key = name.partition(".")[2]
+        try:
+            control = dataclasses.replace(self._config.control, **{key: float(value)})
+        except ConfigError as exc:
+            raise CommandRejected(str(exc), code=Reason.OUT_OF_RANGE) from None
+        self._config = dataclasses.replace(self._config, control=control)
+        self._event("param", Severity.INFO, f"{name} = {value}", name=name, value=float(value))
+
+    def _require_board(self) -> BoardInfo:
+        if self._info is None or not self._board.link_up:
+            raise CommandRejected("the board link is down", code=Reason.LINK_DOWN)
+        return self._info
 
     # --- telemetry --------------------------------------------------------------------------
 
@@ -133,14 +204,17 @@ class NodeController:
         )
 
     async def _hk_loop(self) -> None:
-        period = 1.0 / self._config.mqtt.hk_rate_hz
         next_at = self._clock()
         while True:
             self._publisher.publish(self.housekeeping())
-            next_at += period
+            next_at += 1.0 / self._config.mqtt.hk_rate_hz
             # If we fell far behind (suspended process), do not burst to catch up.
             next_at = max(next_at, self._clock())
-            await asyncio.sleep(next_at - self._clock())
+            self._hk_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                # A new rate takes effect at once, not after a long old period.
+                await asyncio.wait_for(self._hk_wakeup.wait(), next_at - self._clock())
+                next_at = self._clock()
 
     # --- control ----------------------------------------------------------------------------
 
@@ -176,6 +250,7 @@ class NodeController:
     def _link_up(self, info: BoardInfo) -> None:
         self._info = info
         n = info.gpu_count
+        self._cap_limits = {g: c for g, c in self._cap_limits.items() if g < n}
         self._temps = np.zeros(n)
         self._caps = np.zeros(n)
         self._sent = np.full(n, np.nan)  # NaN: nothing sent this session, so the next step sends
@@ -216,6 +291,8 @@ class NodeController:
             self._config.control.gain_w_per_k,
             self._caps,
         )
+        for gpu, limit in self._cap_limits.items():
+            self._caps[gpu] = min(self._caps[gpu], limit)
         if self.mode is Mode.SAFE:
             self._caps[:] = info.cap_min_w
         watchdog = bool(sensor.flags & SensorFlag.WATCHDOG_SAFE)

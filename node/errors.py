@@ -7,6 +7,8 @@ the message text.
 
 from __future__ import annotations
 
+import enum
+
 
 class UmbraError(Exception):
     """Base of every error Umbra raises on purpose."""
@@ -62,3 +64,21 @@ class CommandRejected(UmbraError):
     def __init__(self, message: str, *, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Reason(enum.IntEnum):
+    """Reason codes of failed telecommands (verification reports, docs/ICD.md §5)."""
+
+    BAD_TAG = 1  # HMAC tag missing or wrong
+    REPLAYED = 2  # counter not above the last accepted one
+    EXPIRED = 3  # past its expiry time
+    UNKNOWN_COMMAND = 4
+    BAD_ARGUMENT = 5  # missing, extra or wrongly typed argument
+    OUT_OF_RANGE = 6
+    NOT_ALLOWED = 7  # not allowed in the current mode or state
+    LINK_DOWN = 8  # needs the board and the board link is down
+    EXECUTION_FAILED = 9
+    WRONG_NODE = 10  # addressed to another node
+    MALFORMED = 11  # not a telecommand at all
+    SCHEDULE_FULL = 12
+    UNSUPPORTED = 13  # known command this node or board cannot carry out

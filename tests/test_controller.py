@@ -121,3 +121,57 @@ async def test_housekeeping_is_published_with_rising_sequence(rig):
     assert hks[-1].temp_c == (50.0, None)  # NaN goes to ground as an explicit gap
     seqs = [p.seq for p in pub.items]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_commanded_safe_holds_minimum_caps_until_released(rig):
+    board, pub, node = rig
+    await feed(board, node, LinkUp(INFO))
+    await feed(board, node, SensorReading(sensor(1.0, (50.0, 50.0)), 0.0))
+    node.command_safe("test")
+    await feed(board, node, SensorReading(sensor(2.0, (50.0, 50.0)), 0.0))
+    assert node.mode is Mode.SAFE
+    assert board.sent[-1] == SetCaps(cap_w=(200.0, 200.0))
+    await feed(board, node, LinkDown("gone"))
+    await feed(board, node, LinkUp(INFO))
+    assert node.mode is Mode.SAFE  # the command still holds it
+    node.command_release_safe("test")
+    await feed(board, node, SensorReading(sensor(3.0, (50.0, 50.0)), 0.0))
+    assert node.mode is Mode.NOMINAL
+    assert board.sent[-1] == SetCaps(cap_w=(700.0, 700.0))
+
+
+async def test_cap_limit_bounds_one_gpu_and_bad_limits_are_rejected(rig):
+    from node.errors import CommandRejected, Reason
+
+    board, _, node = rig
+    with pytest.raises(CommandRejected) as info:
+        node.set_gpu_cap_limit(0, 400.0)
+    assert info.value.code == Reason.LINK_DOWN
+    await feed(board, node, LinkUp(INFO))
+    node.set_gpu_cap_limit(1, 400.0)
+    await feed(board, node, SensorReading(sensor(1.0, (50.0, 50.0)), 0.0))
+    assert board.sent[-1] == SetCaps(cap_w=(700.0, 400.0))
+    for gpu, limit in ((2, 400.0), (0, 100.0), (0, 900.0)):
+        with pytest.raises(CommandRejected) as info:
+            node.set_gpu_cap_limit(gpu, limit)
+        assert info.value.code == Reason.OUT_OF_RANGE
+    node.set_gpu_cap_limit(1, None)
+    await feed(board, node, SensorReading(sensor(2.0, (50.0, 50.0)), 0.0))
+    assert board.sent[-1] == SetCaps(cap_w=(700.0, 700.0))
+
+
+async def test_parameters_are_validated_and_take_effect(rig):
+    from node.errors import CommandRejected, Reason
+
+    board, pub, node = rig
+    assert node.get_param("control.target_c") == 80.0
+    node.set_param("control.target_c", 60.0)
+    await feed(board, node, LinkUp(INFO))
+    await feed(board, node, SensorReading(sensor(1.0, (65.0, 50.0)), 0.0))
+    assert board.sent[-1] == SetCaps(cap_w=(500.0, 700.0))  # 5 K over the new target
+    assert pub.events("param")
+    for name, value, code in (("control.target_c", 500.0, Reason.OUT_OF_RANGE), ("bogus", 1.0, Reason.BAD_ARGUMENT)):
+        with pytest.raises(CommandRejected) as info:
+            node.set_param(name, value)
+        assert info.value.code == code
+    assert node.get_param("control.target_c") == 60.0
