@@ -5,6 +5,7 @@ A config file looks like (every key optional; defaults below)::
     [node]
     node_id = "node-1"
     data_dir = "./var/node-1"
+    policy = "umbra"                 # or "baseline"
 
     [link]
     serial = "/tmp/umbra-board"      # a path or a pyserial URL such as socket://127.0.0.1:5000
@@ -22,11 +23,10 @@ A config file looks like (every key optional; defaults below)::
     username = ""
     password = ""
 
-    [control]
-    target_c = 80.0
-    gain_w_per_k = 40.0
-    deadband_w = 5.0
-    hysteresis_k = 2.0
+    [control]                        # the parameter table: node/control/law.py PARAM_SPECS
+    limit_c = 85.0                   # predicted die temperature stays below this
+    target_c = 82.0
+    battery_floor_frac = 0.3
 
 Command-line flags override the file.  Errors name the key (``mqtt.port``) and the file.
 """
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from node.bus.payloads import NODE_ID_RE
+from node.control.law import ControlParams
 from node.errors import ConfigError
 
 _T = TypeVar("_T")
@@ -91,29 +92,18 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ControlConfig:
-    target_c: float = 80.0
-    gain_w_per_k: float = 40.0
-    deadband_w: float = 5.0
-    #: THERMAL_LIMIT is left only when every GPU is this far below target (no chatter).
-    hysteresis_k: float = 2.0
-
-    def __post_init__(self) -> None:
-        _check_range("control", "target_c", self.target_c, 0.0, 120.0)
-        _check_range("control", "hysteresis_k", self.hysteresis_k, 0.0, 50.0)
-        _check_range("control", "gain_w_per_k", self.gain_w_per_k, 0.0, 1000.0)
-        _check_range("control", "deadband_w", self.deadband_w, 0.0, 100.0)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     node_id: str = "node-1"
     data_dir: Path = Path("./var/node-1")
+    #: ``umbra`` (the controller) or ``baseline`` (max caps, hardware protection only).
+    policy: str = "umbra"
     link: LinkConfig = field(default_factory=LinkConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
+    control: ControlParams = field(default_factory=ControlParams)
 
     def __post_init__(self) -> None:
+        if self.policy not in ("umbra", "baseline"):
+            raise ConfigError(f"node.policy = {self.policy!r}: use umbra or baseline", key="node.policy")
         if not NODE_ID_RE.fullmatch(self.node_id):
             raise ConfigError(
                 f"node.node_id = {self.node_id!r}: use 1-32 letters, digits, '-' or '_'",
@@ -151,9 +141,10 @@ class NodeConfig:
             return cls(
                 node_id=_typed(node, "node", "node_id", str, "node-1", source),
                 data_dir=Path(_typed(node, "node", "data_dir", str, "./var/node-1", source)),
+                policy=_typed(node, "node", "policy", str, "umbra", source),
                 link=_build(LinkConfig, "link", sections["link"], source),
                 mqtt=_build(MqttConfig, "mqtt", sections["mqtt"], source),
-                control=_build(ControlConfig, "control", sections["control"], source),
+                control=_build(ControlParams, "control", sections["control"], source),
             )
         except ConfigError as exc:
             if exc.source is None:

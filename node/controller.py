@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -24,11 +25,20 @@ from node.board import Board, BoardInfo, CommandResult, LinkDown, LinkUp, Sensor
 from node.bus.payloads import Event, Housekeeping, Mode, Severity
 from node.config import NodeConfig
 from node.control import kernels
+from node.control.law import PARAM_SPECS, ControlParams, Law, UmbraLaw, make_law
+from node.control.params import load_params, save_params
 from node.errors import CommandRejected, ConfigError, LinkError, Reason
 from node.link.messages import AckStatus, Sensor, SensorFlag
 from node.modes import ModeMachine, Transition, Trigger
 
 log = logging.getLogger("umbra.node.control")
+
+_FLAG_NAMES = (
+    (kernels.FLAG_NAN, "NaN"),
+    (kernels.FLAG_RANGE, "out of range"),
+    (kernels.FLAG_STUCK, "stuck"),
+    (kernels.FLAG_INNOVATION, "disagrees with the model"),
+)
 
 
 class Publisher(Protocol):
@@ -45,6 +55,7 @@ class NodeController:
         clock: Callable[[], float] = time.monotonic,
         utc: Callable[[], float] = time.time,
         next_seq: Callable[[], int] | None = None,
+        params_path: Path | None = None,
     ) -> None:
         self._config = config
         self._board = board
@@ -56,9 +67,18 @@ class NodeController:
         self._next_seq = next_seq or itertools.count(1).__next__
         self._info: BoardInfo | None = None
         self._last: Sensor | None = None
-        self._temps = np.zeros(0)
         self._caps = np.zeros(0)
         self._sent = np.zeros(0)
+        self._limits = np.zeros(0)
+        self._weights = np.zeros(0)
+        self._flags_seen = np.zeros(0, dtype=np.int64)
+        self._temp_est = np.zeros(0)
+        self._budget_w = float("inf")
+        self._law: Law = make_law(config.policy, config.control)
+        # Parameters changed by command persist here and win over the config file at start.
+        self._params_path = params_path
+        if params_path is not None:
+            self._apply_params(load_params(params_path, config.control))
         self._watchdog_seen = False
         self._control_us = 0.0
         self._cap_limits: dict[int, float] = {}
@@ -119,6 +139,7 @@ class NodeController:
             )
         else:
             self._cap_limits[gpu] = max_w
+        self._limits[gpu] = self._cap_limits.get(gpu, np.inf)
         self._sent[:] = np.nan
 
     def set_rail(self, gpu: int, on: bool) -> None:
@@ -139,23 +160,30 @@ class NodeController:
         self._hk_wakeup.set()
 
     def param_names(self) -> list[str]:
-        return [f"control.{f.name}" for f in dataclasses.fields(self._config.control)]
+        return [f"control.{name}" for name in PARAM_SPECS]
 
     def get_param(self, name: str) -> float:
-        section, _, key = name.partition(".")
-        if section != "control" or name not in self.param_names():
+        key = name.removeprefix("control.")
+        if key not in PARAM_SPECS:
             raise CommandRejected(f"unknown parameter {name!r}", code=Reason.BAD_ARGUMENT)
         return float(getattr(self._config.control, key))
 
     def set_param(self, name: str, value: float) -> None:
         self.get_param(name)  # validates the name
-        key = name.partition(".")[2]
+        key = name.removeprefix("control.")
         try:
-            control = dataclasses.replace(self._config.control, **{key: float(value)})
-        except ConfigError as exc:
+            control = self._config.control.replace(**{key: float(value)})
+        except (ConfigError, TypeError, ValueError) as exc:
             raise CommandRejected(str(exc), code=Reason.OUT_OF_RANGE) from None
-        self._config = dataclasses.replace(self._config, control=control)
+        self._apply_params(control)
+        if self._params_path is not None:
+            save_params(self._params_path, control)
         self._event("param", Severity.INFO, f"{name} = {value}", name=name, value=float(value))
+
+    def _apply_params(self, control: ControlParams) -> None:
+        self._config = dataclasses.replace(self._config, control=control)
+        if isinstance(self._law, UmbraLaw):
+            self._law.params = control  # state (estimates, integrators) carries over
 
     def _require_board(self) -> BoardInfo:
         if self._info is None or not self._board.link_up:
@@ -254,6 +282,13 @@ class NodeController:
         self._temps = np.zeros(n)
         self._caps = np.zeros(n)
         self._sent = np.full(n, np.nan)  # NaN: nothing sent this session, so the next step sends
+        self._limits = np.full(n, np.inf)
+        for gpu, limit in self._cap_limits.items():
+            self._limits[gpu] = limit
+        self._weights = np.ones(n)
+        self._flags_seen = np.zeros(n, dtype=np.int64)
+        self._temp_est = np.full(n, np.nan)
+        self._law.reset(gpu_count=n, cap_min_w=info.cap_min_w, cap_max_w=info.cap_max_w)
         self._watchdog_seen = False
         self._event(
             "link_up",
@@ -282,19 +317,12 @@ class NodeController:
             return
         started = time.perf_counter()
         self._last = sensor
-        self._temps[:] = sensor.temp_c
-        throttled = kernels.throttle_caps(
-            self._temps,
-            info.cap_min_w,
-            info.cap_max_w,
-            self._config.control.target_c,
-            self._config.control.gain_w_per_k,
-            self._caps,
-        )
-        for gpu, limit in self._cap_limits.items():
-            self._caps[gpu] = min(self._caps[gpu], limit)
+        result = self._law.step(sensor, limits_w=self._limits, weights=self._weights)
+        self._caps[:] = result.caps_w
+        self._temp_est = result.temp_est_c
         if self.mode is Mode.SAFE:
             self._caps[:] = info.cap_min_w
+        self._sensor_events(result.sensor_flags)
         watchdog = bool(sensor.flags & SensorFlag.WATCHDOG_SAFE)
         if watchdog and not self._watchdog_seen:
             self._event("board_watchdog", Severity.WARNING, "board watchdog put the GPUs in the safe state")
@@ -309,18 +337,35 @@ class NodeController:
                 self._sent[:] = self._caps
             except LinkError:
                 pass  # the link just went down; its event is on the way
+        self._budget_w = result.budget_w
         if self.mode is not Mode.SAFE:
-            control = self._config.control
-            if throttled:
-                self._fire(
-                    Trigger.THERMAL_THROTTLING,
-                    f"{throttled} GPU(s) throttled above {control.target_c:.0f} °C",
-                )
-            elif float(self._temps.max()) < control.target_c - control.hysteresis_k:
-                self._fire(
-                    Trigger.THERMAL_CLEAR,
-                    f"all GPUs below {control.target_c - control.hysteresis_k:.0f} °C",
-                )
+            self._pick_operating_mode(result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6
         self.steps += 1
         self.stepped.set()
+
+    def _pick_operating_mode(self, thermal_bound: int, power_limited: bool) -> None:
+        p = self._config.control
+        if thermal_bound:
+            self._fire(Trigger.THERMAL_THROTTLING, f"{thermal_bound} GPU(s) held below maximum by temperature")
+        elif power_limited:
+            self._fire(Trigger.POWER_LIMITED, f"power budget {self._budget_w:.0f} W holds the GPUs back")
+        elif float(np.nanmax(self._temp_est, initial=-np.inf)) < p.target_c - p.hysteresis_k:
+            self._fire(Trigger.UNCONSTRAINED, "no thermal or power constraint binds")
+
+    def _sensor_events(self, flags: np.ndarray) -> None:
+        """One event when a sensor is first flagged and one when it recovers."""
+        for gpu in range(len(flags)):
+            now, before = int(flags[gpu]), int(self._flags_seen[gpu])
+            if now and not before:
+                kinds = [name for bit, name in _FLAG_NAMES if now & bit]
+                self._event(
+                    "sensor_fault",
+                    Severity.WARNING,
+                    f"GPU {gpu} temperature sensor {'/'.join(kinds)}: running on the estimate",
+                    gpu=gpu,
+                    flags=now,
+                )
+            elif before and not now:
+                self._event("sensor_ok", Severity.INFO, f"GPU {gpu} temperature sensor recovered", gpu=gpu)
+            self._flags_seen[gpu] = now

@@ -82,3 +82,5 @@ class Reason(enum.IntEnum):
     MALFORMED = 11  # not a telecommand at all
     SCHEDULE_FULL = 12
     UNSUPPORTED = 13  # known command this node or board cannot carry out
+    NOT_FOUND = 14  # the thing the command names (scheduled command, job) does not exist
+    INTERRUPTED = 15  # execution was cut short by a node restart; its effect is unknown

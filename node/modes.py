@@ -1,7 +1,7 @@
 """The node's mode state machine, as a table (pure: no I/O, no clock).
 
-Modes: BOOT → NOMINAL ⇄ THERMAL_LIMIT (⇄ POWER_SAVE in a later revision); any → SAFE on a
-critical fault, link loss or command.  SAFE is left only when every cause that put the
+Modes: BOOT → NOMINAL ⇄ POWER_SAVE ⇄ THERMAL_LIMIT (the binding constraint picks; thermal
+wins over power); any → SAFE on a critical fault, link loss or command.  SAFE is left only when every cause that put the
 node there has cleared.  A transition to the current mode is a no-op; a trigger the table
 does not allow in the current mode raises :class:`IllegalTransition`.
 """
@@ -18,10 +18,13 @@ from node.errors import UmbraError
 class Trigger(enum.StrEnum):
     LINK_UP = "link_up"
     LINK_LOST = "link_lost"
-    THERMAL_THROTTLING = "thermal_throttling"
-    THERMAL_CLEAR = "thermal_clear"
+    THERMAL_THROTTLING = "thermal_throttling"  # a GPU's thermal bound is below its maximum
+    POWER_LIMITED = "power_limited"  # the energy or heat budget holds the GPUs back
+    UNCONSTRAINED = "unconstrained"  # neither, with margin
     SAFE_COMMANDED = "safe_commanded"
     SAFE_RELEASED = "safe_released"
+    CRITICAL_FAULT = "critical_fault"  # an FDIR monitor's red limit with a SAFE action
+    FAULT_CLEARED = "fault_cleared"
 
 
 class IllegalTransition(UmbraError):
@@ -32,37 +35,40 @@ class IllegalTransition(UmbraError):
 
 
 #: What makes each trigger a SAFE cause (entered) or clear one (left).
-_SAFE_CAUSE_SET = {Trigger.LINK_LOST: "link", Trigger.SAFE_COMMANDED: "command"}
-_SAFE_CAUSE_CLEAR = {Trigger.LINK_UP: "link", Trigger.SAFE_RELEASED: "command"}
+_SAFE_CAUSE_SET = {Trigger.LINK_LOST: "link", Trigger.SAFE_COMMANDED: "command", Trigger.CRITICAL_FAULT: "fault"}
+_SAFE_CAUSE_CLEAR = {Trigger.LINK_UP: "link", Trigger.SAFE_RELEASED: "command", Trigger.FAULT_CLEARED: "fault"}
 
-_ANY_TO_SAFE = {
-    (mode, trigger): Mode.SAFE
-    for mode in Mode
-    for trigger in (Trigger.LINK_LOST, Trigger.SAFE_COMMANDED)
+_TO_SAFE = (Trigger.LINK_LOST, Trigger.SAFE_COMMANDED, Trigger.CRITICAL_FAULT)
+_OPERATING = (Mode.NOMINAL, Mode.POWER_SAVE, Mode.THERMAL_LIMIT)
+#: In an operating mode, the constraint triggers pick the mode; thermal wins over power.
+_BY_CONSTRAINT = {
+    Trigger.THERMAL_THROTTLING: Mode.THERMAL_LIMIT,
+    Trigger.POWER_LIMITED: Mode.POWER_SAVE,
+    Trigger.UNCONSTRAINED: Mode.NOMINAL,
 }
 
 #: (mode, trigger) → next mode.  SAFE's exits are guarded by its causes (see ``fire``).
 TRANSITIONS: dict[tuple[Mode, Trigger], Mode] = {
-    **_ANY_TO_SAFE,
+    **{(mode, trigger): Mode.SAFE for mode in Mode for trigger in _TO_SAFE},
+    **{(mode, trigger): target for mode in _OPERATING for trigger, target in _BY_CONSTRAINT.items()},
+    **{(mode, Trigger.LINK_UP): mode for mode in _OPERATING},
+    **{(mode, t): mode for mode in _OPERATING for t in (Trigger.SAFE_RELEASED, Trigger.FAULT_CLEARED)},
     (Mode.BOOT, Trigger.LINK_UP): Mode.NOMINAL,
-    (Mode.BOOT, Trigger.THERMAL_CLEAR): Mode.BOOT,
     (Mode.BOOT, Trigger.SAFE_RELEASED): Mode.BOOT,
-    (Mode.NOMINAL, Trigger.LINK_UP): Mode.NOMINAL,
-    (Mode.NOMINAL, Trigger.THERMAL_THROTTLING): Mode.THERMAL_LIMIT,
-    (Mode.NOMINAL, Trigger.THERMAL_CLEAR): Mode.NOMINAL,
-    (Mode.NOMINAL, Trigger.SAFE_RELEASED): Mode.NOMINAL,
-    (Mode.THERMAL_LIMIT, Trigger.LINK_UP): Mode.THERMAL_LIMIT,
-    (Mode.THERMAL_LIMIT, Trigger.THERMAL_THROTTLING): Mode.THERMAL_LIMIT,
-    (Mode.THERMAL_LIMIT, Trigger.THERMAL_CLEAR): Mode.NOMINAL,
-    (Mode.THERMAL_LIMIT, Trigger.SAFE_RELEASED): Mode.THERMAL_LIMIT,
-    (Mode.POWER_SAVE, Trigger.LINK_UP): Mode.POWER_SAVE,
-    (Mode.POWER_SAVE, Trigger.THERMAL_THROTTLING): Mode.THERMAL_LIMIT,
-    (Mode.POWER_SAVE, Trigger.THERMAL_CLEAR): Mode.POWER_SAVE,
-    (Mode.POWER_SAVE, Trigger.SAFE_RELEASED): Mode.POWER_SAVE,
+    (Mode.BOOT, Trigger.FAULT_CLEARED): Mode.BOOT,
     (Mode.SAFE, Trigger.LINK_UP): Mode.NOMINAL,
     (Mode.SAFE, Trigger.SAFE_RELEASED): Mode.NOMINAL,
-    (Mode.SAFE, Trigger.THERMAL_THROTTLING): Mode.SAFE,
-    (Mode.SAFE, Trigger.THERMAL_CLEAR): Mode.SAFE,
+    (Mode.SAFE, Trigger.FAULT_CLEARED): Mode.NOMINAL,
+    **{(Mode.SAFE, trigger): Mode.SAFE for trigger in _BY_CONSTRAINT},
+}
+
+#: Actions the controller runs on entering a mode (names; the controller maps them).
+ENTRY_ACTIONS: dict[Mode, tuple[str, ...]] = {
+    Mode.SAFE: ("caps_to_minimum", "checkpoint_all"),
+    Mode.POWER_SAVE: ("announce_budget",),
+    Mode.THERMAL_LIMIT: (),
+    Mode.NOMINAL: (),
+    Mode.BOOT: (),
 }
 
 

@@ -21,7 +21,7 @@ def test_boot_to_nominal_to_safe_and_back():
 
 def test_same_mode_is_a_no_op():
     m = ModeMachine(mode=Mode.NOMINAL)
-    assert m.fire(Trigger.THERMAL_CLEAR) is None
+    assert m.fire(Trigger.UNCONSTRAINED) is None
     assert m.mode is Mode.NOMINAL
 
 
@@ -48,6 +48,18 @@ def test_commanded_safe_from_boot_waits_for_the_link():
     assert m.fire(Trigger.LINK_UP).after is Mode.NOMINAL
 
 
+def test_binding_constraint_picks_the_operating_mode():
+    m = ModeMachine()
+    m.fire(Trigger.LINK_UP)
+    assert m.fire(Trigger.POWER_LIMITED).after is Mode.POWER_SAVE
+    assert m.fire(Trigger.THERMAL_THROTTLING).after is Mode.THERMAL_LIMIT
+    assert m.fire(Trigger.POWER_LIMITED).after is Mode.POWER_SAVE
+    assert m.fire(Trigger.UNCONSTRAINED).after is Mode.NOMINAL
+    m.fire(Trigger.CRITICAL_FAULT)
+    assert m.fire(Trigger.THERMAL_THROTTLING) is None  # SAFE ignores constraints
+    assert m.fire(Trigger.FAULT_CLEARED).after is Mode.NOMINAL
+
+
 def test_every_mode_can_reach_safe():
     for mode in Mode:
         assert TRANSITIONS[(mode, Trigger.LINK_LOST)] is Mode.SAFE
@@ -60,6 +72,7 @@ class ModeMachineInvariants(RuleBasedStateMachine):
         self.m = ModeMachine()
         self.link = False
         self.commanded = False
+        self.fault = False
 
     @rule(trigger=st.sampled_from(list(Trigger)))
     def fire(self, trigger: Trigger) -> None:
@@ -77,14 +90,23 @@ class ModeMachineInvariants(RuleBasedStateMachine):
             self.commanded = True
         elif trigger is Trigger.SAFE_RELEASED:
             self.commanded = False
+        elif trigger is Trigger.CRITICAL_FAULT:
+            self.fault = True
+        elif trigger is Trigger.FAULT_CLEARED:
+            self.fault = False
         if before is Mode.SAFE and self.m.mode is not Mode.SAFE:
             # Left SAFE: only with every cause cleared.
-            assert self.link and not self.commanded
+            assert self.link and not self.commanded and not self.fault
 
     @invariant()
-    def safe_while_commanded(self) -> None:
-        if self.commanded:
+    def safe_while_commanded_or_faulty(self) -> None:
+        if self.commanded or self.fault:
             assert self.m.mode is Mode.SAFE
+
+    @invariant()
+    def operating_only_with_a_link(self) -> None:
+        if self.m.mode in (Mode.NOMINAL, Mode.POWER_SAVE, Mode.THERMAL_LIMIT):
+            assert self.link
 
     @invariant()
     def safe_always_reachable(self) -> None:

@@ -1,0 +1,298 @@
+"""The control law: a typed wrapper that owns the kernels' state and runs one step.
+
+``ControlParams`` is the parameter table (validated ranges; ground can change entries by
+command; the node persists them).  ``UmbraLaw`` runs estimate → budget → allocate over
+preallocated arrays; ``BaselineLaw`` is what a node gets without Umbra: every GPU at its
+maximum cap, hardware slowdown the only thermal protection, no energy reserve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from node.control import kernels
+from node.errors import ConfigError
+from node.link.messages import Sensor
+
+#: name → (lo, hi, unit, meaning).  The single source for validation, docs and commands.
+PARAM_SPECS: dict[str, tuple[float, float, str, str]] = {
+    "tau_s": (0.1, 600.0, "s", "die thermal time constant of the estimator's model"),
+    "r_k_per_w": (0.001, 1.0, "K/W", "die-to-cold-plate thermal resistance"),
+    "q_t": (1e-6, 100.0, "K²", "die-state process noise per step"),
+    "q_b": (1e-6, 100.0, "K²/s", "plate-state process noise"),
+    "r_meas": (1e-4, 100.0, "K²", "temperature sensor noise variance"),
+    "innov_k": (1.0, 100.0, "σ", "innovation gate"),
+    "sensor_lo_c": (-100.0, 50.0, "°C", "lowest physical sensor reading"),
+    "sensor_hi_c": (60.0, 300.0, "°C", "highest physical sensor reading"),
+    "stuck_n": (2.0, 10_000.0, "frames", "identical readings that make a sensor stuck"),
+    "persist_n": (1.0, 1000.0, "frames", "gated innovations in a row that make a sensor faulty"),
+    "limit_c": (40.0, 95.0, "°C", "predicted die temperature must stay below this"),
+    "horizon_s": (0.5, 600.0, "s", "prediction horizon of the thermal headroom"),
+    "target_c": (30.0, 95.0, "°C", "PI set point for die temperature"),
+    "kp_w_per_k": (0.0, 1000.0, "W/K", "PI proportional gain"),
+    "ki_w_per_ks": (0.0, 1000.0, "W/(K·s)", "PI integral gain"),
+    "slew_w_per_s": (1.0, 1e5, "W/s", "fastest rise of a cap (falls are immediate)"),
+    "deadband_w": (0.0, 100.0, "W", "caps moving less than this are not re-sent"),
+    "battery_floor_frac": (0.0, 0.95, "1", "depth-of-discharge floor, fraction of capacity"),
+    "battery_margin_frac": (0.0, 0.5, "1", "planning margin above the floor"),
+    "charge_eff": (0.5, 1.0, "1", "battery charge efficiency"),
+    "discharge_eff": (0.5, 1.0, "1", "battery discharge efficiency"),
+    "avionics_w": (0.0, 10_000.0, "W", "avionics load when the board does not report it"),
+    "eclipse_s": (0.0, 10_000.0, "s", "eclipse length assumed until one is observed or reported"),
+    "radiator_ea_m2": (0.0, 1000.0, "m²", "radiator emissivity × area (0: no heat budget)"),
+    "radiator_cap_j_per_k": (0.0, 1e9, "J/K", "radiator and loop heat capacity"),
+    "radiator_max_c": (0.0, 150.0, "°C", "hottest the radiator may be run"),
+    "radiator_horizon_s": (1.0, 1e5, "s", "how fast the radiator may be warmed to its maximum"),
+    "sink_c": (-273.0, 100.0, "°C", "radiative sink temperature"),
+    "hysteresis_k": (0.0, 50.0, "K", "thermal margin before THERMAL_LIMIT is left"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlParams:
+    tau_s: float = 5.0
+    r_k_per_w: float = 0.03
+    q_t: float = 0.05
+    q_b: float = 0.02
+    r_meas: float = 0.25
+    innov_k: float = 6.0
+    sensor_lo_c: float = -40.0
+    sensor_hi_c: float = 150.0
+    stuck_n: float = 50.0
+    persist_n: float = 5.0
+    limit_c: float = 85.0
+    horizon_s: float = 10.0
+    target_c: float = 82.0
+    kp_w_per_k: float = 20.0
+    ki_w_per_ks: float = 2.0
+    slew_w_per_s: float = 200.0
+    deadband_w: float = 5.0
+    battery_floor_frac: float = 0.3
+    battery_margin_frac: float = 0.03
+    charge_eff: float = 0.95
+    discharge_eff: float = 0.95
+    avionics_w: float = 100.0
+    eclipse_s: float = 2136.0  # 35.6 min: the longest eclipse at 550 km (PHYSICS.md)
+    radiator_ea_m2: float = 0.0
+    radiator_cap_j_per_k: float = 0.0
+    radiator_max_c: float = 60.0
+    radiator_horizon_s: float = 600.0
+    sink_c: float = -40.0
+    hysteresis_k: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi, _unit, _meaning) in PARAM_SPECS.items():
+            value = getattr(self, name)
+            if not isinstance(value, float | int) or math.isnan(value) or not lo <= value <= hi:
+                raise ConfigError(f"control.{name} = {value!r} is outside [{lo}, {hi}]", key=f"control.{name}")
+        if self.target_c > self.limit_c:
+            raise ConfigError("control.target_c must not exceed control.limit_c", key="control.target_c")
+
+    def replace(self, **changes: Any) -> ControlParams:
+        unknown = set(changes) - set(PARAM_SPECS)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(f"unknown parameter control.{name}", key=f"control.{name}")
+        return dataclasses.replace(self, **{k: float(v) for k, v in changes.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    caps_w: np.ndarray  # what to command (a view of the law's array: copy to keep)
+    temp_est_c: np.ndarray  # die temperature estimates
+    sensor_flags: np.ndarray  # kernels.FLAG_* bits per GPU
+    thermal_bound: int  # GPUs whose thermal bound is below the hardware maximum
+    power_limited: bool  # the energy or heat budget is what holds the GPUs back
+    budget_w: float
+    expected_w: float
+
+
+class Law(Protocol):
+    name: str
+
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None: ...
+
+    def step(self, sensor: Sensor, *, limits_w: np.ndarray, weights: np.ndarray) -> StepResult: ...
+
+
+def _opt(sensor: Sensor, name: str) -> float:
+    """An optional SENSOR field (added in later ICD revisions), NaN when absent."""
+    value = getattr(sensor, name, math.nan)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+@dataclass
+class UmbraLaw:
+    params: ControlParams = field(default_factory=ControlParams)
+    name: str = "umbra"
+
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None:
+        n = gpu_count
+        self.cap_min_w, self.cap_max_w = cap_min_w, cap_max_w
+        self._t_last = math.nan
+        self._x_t = np.full(n, math.nan)
+        self._x_b = np.zeros(n)
+        self._p_tt = np.full(n, 4.0)
+        self._p_tb = np.zeros(n)
+        self._p_bb = np.full(n, 100.0)
+        self._last_z = np.full(n, math.nan)
+        self._stuck = np.zeros(n, dtype=np.int64)
+        self._innov = np.zeros(n, dtype=np.int64)
+        self._flags = np.zeros(n, dtype=np.int64)
+        self._integ = np.zeros(n)
+        self._thermal = np.zeros(n)
+        self._lo = np.zeros(n)
+        self._hi = np.zeros(n)
+        self._demand = np.zeros(n)
+        self._caps = np.full(n, cap_max_w)
+        self._z = np.zeros(n)
+        self._power = np.zeros(n)
+        self._eclipse_started: float | None = None
+        self._eclipse_s = math.nan
+
+    def _seed(self, sensor: Sensor) -> None:
+        # First frame: start the estimate at the reading (or a cool guess when it has none).
+        z = np.asarray(sensor.temp_c, dtype=float)
+        p = np.asarray(sensor.power_w, dtype=float)
+        guess = np.where(np.isnan(z), 40.0, z)
+        self._x_t[:] = guess
+        self._x_b[:] = guess - self.params.r_k_per_w * p
+        self._caps[:] = np.asarray(sensor.cap_w, dtype=float)
+
+    def _eclipse_length(self, sensor: Sensor) -> float:
+        sun_in = _opt(sensor, "sun_in_s")
+        # Learn the eclipse length: the board's countdown at entry, else the observed one.
+        in_eclipse = bool(sensor.flags & 0x02)
+        if in_eclipse and self._eclipse_started is None:
+            self._eclipse_started = sensor.t_board
+            if sun_in > 0.0:
+                self._eclipse_s = sun_in
+        elif not in_eclipse and self._eclipse_started is not None:
+            if not sun_in > 0.0:
+                self._eclipse_s = sensor.t_board - self._eclipse_started
+            self._eclipse_started = None
+        return self._eclipse_s if self._eclipse_s == self._eclipse_s else self.params.eclipse_s
+
+    def step(self, sensor: Sensor, *, limits_w: np.ndarray, weights: np.ndarray) -> StepResult:
+        p = self.params
+        if math.isnan(self._t_last):
+            self._seed(sensor)
+            dt = 0.1
+        else:
+            dt = min(max(sensor.t_board - self._t_last, 1e-3), 60.0)
+        self._t_last = sensor.t_board
+        self._z[:] = sensor.temp_c
+        self._power[:] = sensor.power_w
+        kernels.estimate(
+            self._z, self._power, dt, p.tau_s, p.r_k_per_w, p.q_t, p.q_b, p.r_meas, p.innov_k,
+            p.sensor_lo_c, p.sensor_hi_c, int(p.stuck_n), int(p.persist_n),
+            self._x_t, self._x_b, self._p_tt, self._p_tb, self._p_bb,
+            self._last_z, self._stuck, self._innov, self._flags,
+        )  # fmt: skip
+        bound = kernels.thermal_caps(
+            self._x_t, self._x_b, p.tau_s, p.r_k_per_w, p.limit_c, p.horizon_s, p.target_c,
+            p.kp_w_per_k, p.ki_w_per_ks, dt, self.cap_min_w, self.cap_max_w, self._integ, self._thermal,
+        )  # fmt: skip
+        # Bounds of each cap: hardware, thermal, ground limits, slew on the way up.
+        rails = sensor.rails
+        for i in range(len(self._caps)):
+            on = bool(rails >> i & 1)
+            hi = min(self._thermal[i], limits_w[i], self._caps[i] + p.slew_w_per_s * dt)
+            self._hi[i] = max(hi, self.cap_min_w) if on else self.cap_min_w
+            self._lo[i] = self.cap_min_w
+            # A GPU drawing well under its cap shows its job's demand; off GPUs draw nothing.
+            drawing = self._power[i]
+            self._demand[i] = 0.0 if not on else (drawing + 20.0 if drawing < self._caps[i] - 20.0 else math.inf)
+        budget = self._budget(sensor)
+        expected = kernels.water_fill(budget, weights, self._lo, self._hi, self._demand, self._caps)
+        wanted = float(np.minimum(self._hi, self._demand).sum())
+        return StepResult(
+            caps_w=self._caps,
+            temp_est_c=self._x_t,
+            sensor_flags=self._flags,
+            thermal_bound=bound,
+            power_limited=expected < wanted - p.deadband_w,
+            budget_w=budget,
+            expected_w=expected,
+        )
+
+    def _budget(self, sensor: Sensor) -> float:
+        p = self.params
+        capacity = _opt(sensor, "battery_capacity_wh")
+        stored = _opt(sensor, "battery_wh")
+        budget = math.inf
+        if capacity > 0.0 and stored == stored:
+            avionics = _opt(sensor, "avionics_w")
+            eclipse_in = _opt(sensor, "eclipse_in_s")
+            sun_in = _opt(sensor, "sun_in_s")
+            if not eclipse_in == eclipse_in:  # no orbit data: an eclipse may start any time
+                eclipse_in, sun_in = 60.0, 0.0
+            budget = kernels.power_budget(
+                sensor.solar_w, stored, capacity,
+                (p.battery_floor_frac + p.battery_margin_frac) * capacity,
+                avionics if avionics == avionics else p.avionics_w,
+                eclipse_in, sun_in if sun_in == sun_in else 0.0, self._eclipse_length(sensor),
+                p.charge_eff, p.discharge_eff, math.inf,
+            )  # fmt: skip
+        if p.radiator_ea_m2 > 0.0:
+            budget = min(
+                budget,
+                kernels.heat_budget(
+                    sensor.radiator_c, p.sink_c, p.radiator_ea_m2, p.radiator_cap_j_per_k,
+                    p.radiator_max_c, p.radiator_horizon_s, 0.0,
+                ),
+            )  # fmt: skip
+        return budget
+
+
+@dataclass
+class BaselineLaw:
+    """Every GPU at its maximum cap; the hardware's slowdown is the only protection."""
+
+    name: str = "baseline"
+
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None:
+        self._caps = np.full(gpu_count, cap_max_w)
+        self._flags = np.zeros(gpu_count, dtype=np.int64)
+        self._temps = np.zeros(gpu_count)
+
+    def step(self, sensor: Sensor, *, limits_w: np.ndarray, weights: np.ndarray) -> StepResult:
+        self._temps[:] = sensor.temp_c
+        return StepResult(
+            caps_w=self._caps,
+            temp_est_c=self._temps,
+            sensor_flags=self._flags,
+            thermal_bound=0,
+            power_limited=False,
+            budget_w=math.inf,
+            expected_w=float(np.sum(sensor.power_w)),
+        )
+
+
+def make_law(policy: str, params: ControlParams) -> Law:
+    if policy == "umbra":
+        return UmbraLaw(params=params)
+    if policy == "baseline":
+        return BaselineLaw()
+    raise ConfigError(f"unknown policy {policy!r}: use umbra or baseline", key="control.policy")
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel before the first frame needs it."""
+    one = np.zeros(1)
+    ints = np.zeros(1, dtype=np.int64)
+    kernels.estimate(
+        one, one, 0.1, 5.0, 0.03, 0.05, 0.02, 0.25, 6.0, -40.0, 150.0, 50, 5,
+        one.copy(), one.copy(), one + 1.0, one.copy(), one + 1.0, one.copy(), ints.copy(), ints.copy(), ints.copy(),
+    )  # fmt: skip
+    kernels.thermal_caps(one, one, 5.0, 0.03, 85.0, 10.0, 82.0, 20.0, 2.0, 0.1, 200.0, 700.0, one.copy(), one.copy())
+    kernels.water_fill(100.0, one + 1.0, one, one + 1.0, one + 1.0, one.copy())
+    kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9)
+    kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)
+    kernels.caps_changed(one, one, 1.0)
+    kernels.throttle_caps(one, 200.0, 700.0, 80.0, 40.0, one.copy())

@@ -1,0 +1,52 @@
+"""The parameter table on disk: changes made by command survive a restart.
+
+``<data_dir>/params.json`` holds the whole table as last set by command (it wins over
+the config file); it is written atomically (temp file, fsync, rename, fsync of the directory).  A file
+that cannot be read or holds values out of range is reported and ignored, never half-used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from node.control.law import PARAM_SPECS, ControlParams
+from node.errors import ConfigError
+
+log = logging.getLogger("umbra.node.params")
+
+
+def load_params(path: Path, base: ControlParams) -> ControlParams:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return base
+    except (OSError, ValueError) as exc:
+        log.error("ignoring unreadable parameter file %s: %s", path, exc)
+        return base
+    if not isinstance(raw, dict):
+        log.error("ignoring parameter file %s: not an object", path)
+        return base
+    try:
+        return base.replace(**{k: float(v) for k, v in raw.items()})
+    except (ConfigError, TypeError, ValueError) as exc:
+        log.error("ignoring parameter file %s: %s", path, exc)
+        return base
+
+
+def save_params(path: Path, params: ControlParams) -> None:
+    changed = {name: getattr(params, name) for name in PARAM_SPECS}
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(changed, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
