@@ -28,6 +28,10 @@ A config file looks like (every key optional; defaults below)::
     target_c = 82.0
     battery_floor_frac = 0.3
 
+    [fdir.gpu_temp]                  # any monitor field, by monitor name (node/fdir.py)
+    red_hi = 88.5
+    red_action = "throttle"
+
 Command-line flags override the file.  Errors name the key (``mqtt.port``) and the file.
 """
 
@@ -43,6 +47,7 @@ from typing import Any, Self, TypeVar
 from node.bus.payloads import NODE_ID_RE
 from node.control.law import ControlParams
 from node.errors import ConfigError
+from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
 
 _T = TypeVar("_T")
 
@@ -100,6 +105,7 @@ class NodeConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     control: ControlParams = field(default_factory=ControlParams)
+    fdir: tuple[MonitorSpec, ...] = DEFAULT_MONITORS
 
     def __post_init__(self) -> None:
         if self.policy not in ("umbra", "baseline"):
@@ -125,7 +131,7 @@ class NodeConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
-        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}}
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}}
         for section, values in raw.items():
             if section not in sections:
                 raise ConfigError(f"{source}: unknown section [{section}]", key=section, source=source)
@@ -145,6 +151,7 @@ class NodeConfig:
                 link=_build(LinkConfig, "link", sections["link"], source),
                 mqtt=_build(MqttConfig, "mqtt", sections["mqtt"], source),
                 control=_build(ControlParams, "control", sections["control"], source),
+                fdir=monitors_from_mapping(sections["fdir"], source=source),
             )
         except ConfigError as exc:
             if exc.source is None:

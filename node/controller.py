@@ -28,10 +28,14 @@ from node.control import kernels
 from node.control.law import PARAM_SPECS, ControlParams, Law, UmbraLaw, make_law
 from node.control.params import load_params, save_params
 from node.errors import CommandRejected, ConfigError, LinkError, Reason
+from node.fdir import Action, Change, Fdir, Level
 from node.link.messages import AckStatus, Sensor, SensorFlag
 from node.modes import ModeMachine, Transition, Trigger
 
 log = logging.getLogger("umbra.node.control")
+
+#: How long a GPU's rail stays off when FDIR resets it (board seconds).
+RAIL_CYCLE_S = 2.0
 
 _FLAG_NAMES = (
     (kernels.FLAG_NAN, "NaN"),
@@ -75,6 +79,10 @@ class NodeController:
         self._temp_est = np.zeros(0)
         self._budget_w = float("inf")
         self._law: Law = make_law(config.policy, config.control)
+        self._fdir = Fdir(config.fdir)
+        self._fdir_limits = np.zeros(0)
+        self._xid_seen = np.zeros(0)
+        self._rail_on_at: dict[int, float] = {}  # GPU → board time to switch its rail back on
         # Parameters changed by command persist here and win over the config file at start.
         self._params_path = params_path
         if params_path is not None:
@@ -289,6 +297,10 @@ class NodeController:
         self._flags_seen = np.zeros(n, dtype=np.int64)
         self._temp_est = np.full(n, np.nan)
         self._law.reset(gpu_count=n, cap_min_w=info.cap_min_w, cap_max_w=info.cap_max_w)
+        self._fdir.reset()
+        self._fdir_limits = np.full(n, np.inf)
+        self._xid_seen = np.full(n, np.nan)
+        self._rail_on_at = {}
         self._watchdog_seen = False
         self._event(
             "link_up",
@@ -317,7 +329,8 @@ class NodeController:
             return
         started = time.perf_counter()
         self._last = sensor
-        result = self._law.step(sensor, limits_w=self._limits, weights=self._weights)
+        limits = np.minimum(self._limits, self._fdir_limits)
+        result = self._law.step(sensor, limits_w=limits, weights=self._weights)
         self._caps[:] = result.caps_w
         self._temp_est = result.temp_est_c
         if self.mode is Mode.SAFE:
@@ -338,11 +351,68 @@ class NodeController:
             except LinkError:
                 pass  # the link just went down; its event is on the way
         self._budget_w = result.budget_w
+        self._run_fdir(sensor, result.sensor_flags, info)
         if self.mode is not Mode.SAFE:
             self._pick_operating_mode(result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6
         self.steps += 1
         self.stepped.set()
+
+    def _run_fdir(self, sensor: Sensor, flags: np.ndarray, info: BoardInfo) -> None:
+        xid = np.asarray(getattr(sensor, "xid", ()) or np.zeros(info.gpu_count), dtype=float)
+        new_xid = np.nan_to_num(xid - self._xid_seen, nan=0.0)  # the first frame is no news
+        self._xid_seen = xid
+        changes = self._fdir.evaluate(
+            {
+                "gpu.temp_c": self._temp_est,
+                "gpu.xid": new_xid,
+                "gpu.sensor_fault": flags.astype(float),
+                "battery.soc": np.array([sensor.battery_soc]),
+                "radiator.temp_c": np.array([sensor.radiator_c]),
+            }
+        )
+        for change in changes:
+            self._fdir_change(change, sensor, info)
+        if changes:
+            # Throttles hold while any throttle level holds; recomputed from the monitors.
+            self._fdir_limits[:] = np.inf
+            for _spec, index in self._fdir.red(Action.THROTTLE):
+                if index < 0:
+                    self._fdir_limits[:] = info.cap_min_w
+                else:
+                    self._fdir_limits[index] = info.cap_min_w
+            if not self._fdir.red(Action.SAFE):
+                self._fire(Trigger.FAULT_CLEARED, "no critical limit violated")
+        for gpu, at in list(self._rail_on_at.items()):
+            if sensor.t_board >= at:
+                with contextlib.suppress(LinkError):
+                    self._board.set_rail(gpu, True)
+                    del self._rail_on_at[gpu]
+                    self._event("rail_on", Severity.INFO, f"GPU {gpu} rail back on after reset", gpu=gpu)
+
+    def _fdir_change(self, change: Change, sensor: Sensor, info: BoardInfo) -> None:
+        spec = change.monitor
+        where = f"GPU {change.index} " if change.index >= 0 else ""
+        severity = {Level.GREEN: Severity.INFO, Level.YELLOW: Severity.WARNING, Level.RED: Severity.ERROR}[change.after]
+        self._event(
+            "limit",
+            severity,
+            f"{where}{spec.name} {change.before.name} -> {change.after.name} ({spec.channel} = {change.value:.3g})"
+            + (f": {change.action.value}" if change.action is not Action.NONE else ""),
+            monitor=spec.name,
+            index=change.index,
+            level=change.after.name,
+            value=change.value,
+            action=change.action.value,
+        )
+        if change.action is Action.SAFE:
+            self._fire(Trigger.CRITICAL_FAULT, f"{spec.name}: {spec.description or spec.channel}")
+        elif change.action is Action.RAIL_CYCLE and change.index >= 0:
+            with contextlib.suppress(LinkError):
+                self._board.set_rail(change.index, False)
+                self._rail_on_at[change.index] = sensor.t_board + RAIL_CYCLE_S
+        elif change.action is Action.CHECKPOINT:
+            self._event("checkpoint_request", Severity.INFO, f"{spec.name}: checkpoint requested", monitor=spec.name)
 
     def _pick_operating_mode(self, thermal_bound: int, power_limited: bool) -> None:
         p = self._config.control

@@ -155,7 +155,7 @@ async def test_housekeeping_is_published_with_rising_sequence(rig):
 
 
 async def test_commanded_safe_holds_minimum_caps_until_released(rig):
-    board, pub, node = rig
+    board, _pub, node = rig
     await feed(board, node, LinkUp(INFO))
     await feed(board, node, SensorReading(sensor(1.0, (50.0, 50.0)), 0.0))
     node.command_safe("test")
@@ -220,3 +220,38 @@ async def test_parameters_are_validated_take_effect_and_persist(tmp_path):
     async with NodeController(config=config, board=FakeBoard(), publisher=pub, params_path=path) as node:
         assert node.get_param("control.target_c") == 60.0
         assert node.get_param("control.limit_c") == 65.0
+
+
+async def test_fdir_throttles_a_gpu_at_its_red_limit_and_releases_it(rig):
+    board, pub, node = rig
+    await feed(board, node, LinkUp(INFO))
+    t = 1.0
+    for _ in range(10):  # GPU 0 far above the 88.5 °C red limit (a hot sensor is believed)
+        t += 0.1
+        await feed(board, node, SensorReading(sensor(t, (95.0, 50.0)), 0.0))
+    limits = [e for e in pub.events("limit") if e.data["monitor"] == "gpu_temp"]
+    assert [e.data["level"] for e in limits][-1] == "RED"
+    assert board.sent[-1].cap_w[0] == 200.0
+    for _ in range(200):
+        t += 0.1
+        await feed(board, node, SensorReading(sensor(t, (50.0, 50.0)), 0.0))
+    limits = [e for e in pub.events("limit") if e.data["monitor"] == "gpu_temp"]
+    assert limits[-1].data["level"] == "GREEN"
+    assert board.sent[-1].cap_w[0] > 200.0
+
+
+async def test_low_battery_is_a_critical_fault_until_it_recovers(rig):
+    board, _pub, node = rig
+    await feed(board, node, LinkUp(INFO))
+
+    def low(t: float, soc: float) -> Sensor:
+        s = sensor(t, (50.0, 50.0))
+        return Sensor(**{**{f: getattr(s, f) for f in s.FIELDS}, "battery_soc": soc})
+
+    for i in range(6):
+        await feed(board, node, SensorReading(low(1.0 + 0.1 * i, 0.25), 0.0))
+    assert node.mode is Mode.SAFE
+    assert board.sent[-1].cap_w == (200.0, 200.0)
+    for i in range(6):
+        await feed(board, node, SensorReading(low(2.0 + 0.1 * i, 0.8), 0.0))
+    assert node.mode is not Mode.SAFE
