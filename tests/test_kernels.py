@@ -243,3 +243,20 @@ def test_throttle_matches_reference(temp_c, target, gain):
     n_ref = reference.throttle_caps(temp_c, 200.0, 700.0, target, gain, ref)
     np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-9)
     assert n_fast == n_ref
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 32), rails=st.integers(0, 2**32 - 1))
+def test_cap_bounds_match_reference(seed, n, rails):
+    rng = np.random.default_rng(seed)
+    thermal = rng.uniform(100, 800, n)
+    limit = np.where(rng.random(n) < 0.3, rng.uniform(200, 700, n), np.inf)
+    prev, power = rng.uniform(200, 700, n), rng.uniform(0, 700, n)
+    a = [np.zeros(n) for _ in range(3)]
+    b = [np.zeros(n) for _ in range(3)]
+    kernels.cap_bounds(thermal, limit, prev, power, rails, 20.0, 200.0, *a)
+    reference.cap_bounds(thermal, limit, prev, power, rails, 20.0, 200.0, *b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    off = [(rails >> i) & 1 == 0 for i in range(n)]
+    assert all(a[2][i] == 0.0 and a[1][i] == 200.0 for i in range(n) if off[i])

@@ -231,6 +231,37 @@ def thermal_caps(
 
 
 @njit(cache=True)
+def cap_bounds(
+    thermal_w: np.ndarray,  # thermal bound of each cap
+    limit_w: np.ndarray,  # ground / FDIR limits (inf: none)
+    prev_cap_w: np.ndarray,  # caps commanded last step
+    power_w: np.ndarray,  # measured draw
+    rails: int,  # bit i: GPU i's rail is on
+    slew_w: float,  # most a cap may rise this step
+    cap_min_w: float,
+    out_lo: np.ndarray,
+    out_hi: np.ndarray,
+    out_demand: np.ndarray,
+) -> None:
+    """Each cap's bounds for the allocation, and what each GPU would draw at most.
+
+    A GPU drawing well under its cap shows its job's demand (plus room to grow); a GPU
+    with its rail off draws nothing and is held at the minimum.
+    """
+    for i in range(thermal_w.shape[0]):
+        on = (rails >> i) & 1
+        hi = min(thermal_w[i], limit_w[i], prev_cap_w[i] + slew_w)
+        out_lo[i] = cap_min_w
+        if on:
+            out_hi[i] = max(hi, cap_min_w)
+            p = power_w[i]
+            out_demand[i] = p + 20.0 if p < prev_cap_w[i] - 20.0 else math.inf
+        else:
+            out_hi[i] = cap_min_w
+            out_demand[i] = 0.0
+
+
+@njit(cache=True)
 def water_fill(
     budget_w: float,
     weight: np.ndarray,  # priority weights (> 0)

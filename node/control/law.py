@@ -198,16 +198,11 @@ class UmbraLaw:
             self._x_t, self._x_b, p.tau_s, p.r_k_per_w, p.limit_c, p.horizon_s, p.target_c,
             p.kp_w_per_k, p.ki_w_per_ks, dt, self.cap_min_w, self.cap_max_w, self._integ, self._thermal,
         )  # fmt: skip
-        # Bounds of each cap: hardware, thermal, ground limits, slew on the way up.
-        rails = sensor.rails
-        for i in range(len(self._caps)):
-            on = bool(rails >> i & 1)
-            hi = min(self._thermal[i], limits_w[i], self._caps[i] + p.slew_w_per_s * dt)
-            self._hi[i] = max(hi, self.cap_min_w) if on else self.cap_min_w
-            self._lo[i] = self.cap_min_w
-            # A GPU drawing well under its cap shows its job's demand; off GPUs draw nothing.
-            drawing = self._power[i]
-            self._demand[i] = 0.0 if not on else (drawing + 20.0 if drawing < self._caps[i] - 20.0 else math.inf)
+        # Bounds of each cap: hardware, thermal, ground and FDIR limits, slew on the way up.
+        kernels.cap_bounds(
+            self._thermal, limits_w, self._caps, self._power, sensor.rails, p.slew_w_per_s * dt,
+            self.cap_min_w, self._lo, self._hi, self._demand,
+        )  # fmt: skip
         budget = self._budget(sensor)
         expected = kernels.water_fill(budget, weights, self._lo, self._hi, self._demand, self._caps)
         wanted = float(np.minimum(self._hi, self._demand).sum())
@@ -291,6 +286,7 @@ def warm_up() -> None:
         one.copy(), one.copy(), one + 1.0, one.copy(), one + 1.0, one.copy(), ints.copy(), ints.copy(), ints.copy(),
     )  # fmt: skip
     kernels.thermal_caps(one, one, 5.0, 0.03, 85.0, 10.0, 82.0, 20.0, 2.0, 0.1, 200.0, 700.0, one.copy(), one.copy())
+    kernels.cap_bounds(one, one, one, one, 1, 1.0, 0.0, one.copy(), one.copy(), one.copy())
     kernels.water_fill(100.0, one + 1.0, one, one + 1.0, one + 1.0, one.copy())
     kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9)
     kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)

@@ -104,6 +104,26 @@ def thermal_caps(
     return int(np.count_nonzero(out_cap_w < cap_max_w))
 
 
+def cap_bounds(
+    thermal_w: np.ndarray,
+    limit_w: np.ndarray,
+    prev_cap_w: np.ndarray,
+    power_w: np.ndarray,
+    rails: int,
+    slew_w: float,
+    cap_min_w: float,
+    out_lo: np.ndarray,
+    out_hi: np.ndarray,
+    out_demand: np.ndarray,
+) -> None:
+    on = (rails >> np.arange(len(thermal_w))) & 1 == 1
+    hi = np.minimum(np.minimum(thermal_w, limit_w), prev_cap_w + slew_w)
+    out_lo[:] = cap_min_w
+    out_hi[:] = np.where(on, np.maximum(hi, cap_min_w), cap_min_w)
+    grow = np.where(power_w < prev_cap_w - 20.0, power_w + 20.0, np.inf)
+    out_demand[:] = np.where(on, grow, 0.0)
+
+
 def water_fill(
     budget_w: float,
     weight: np.ndarray,
