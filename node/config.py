@@ -48,6 +48,7 @@ from node.bus.payloads import NODE_ID_RE
 from node.control.law import ControlParams
 from node.errors import ConfigError
 from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
+from node.gpu.config import GpuConfig, PlatformProfile
 
 _T = TypeVar("_T")
 
@@ -106,6 +107,8 @@ class NodeConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     control: ControlParams = field(default_factory=ControlParams)
     fdir: tuple[MonitorSpec, ...] = DEFAULT_MONITORS
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    platform: PlatformProfile = field(default_factory=PlatformProfile)
 
     def __post_init__(self) -> None:
         if self.policy not in ("umbra", "baseline"):
@@ -131,7 +134,7 @@ class NodeConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
-        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}}
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}}
         for section, values in raw.items():
             if section not in sections:
                 raise ConfigError(f"{source}: unknown section [{section}]", key=section, source=source)
@@ -152,6 +155,8 @@ class NodeConfig:
                 mqtt=_build(MqttConfig, "mqtt", sections["mqtt"], source),
                 control=_build(ControlParams, "control", sections["control"], source),
                 fdir=monitors_from_mapping(sections["fdir"], source=source),
+                gpu=_build(GpuConfig, "gpu", sections["gpu"], source),
+                platform=_build(PlatformProfile, "platform", sections["platform"], source),
             )
         except ConfigError as exc:
             if exc.source is None:
