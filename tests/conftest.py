@@ -11,11 +11,11 @@ from hil.broker import EmbeddedBroker, Mosquitto
 from node.errors import LinkError
 
 
-def _mosquitto_or_skip(workdir: Path) -> Mosquitto:
+def _mosquitto_or_fail(workdir: Path) -> Mosquitto:
     try:
         return Mosquitto(workdir=workdir)
     except LinkError as exc:  # no binary: say what to install instead of failing obscurely
-        pytest.skip(str(exc))
+        pytest.fail(f"{exc} (make test installs it)", pytrace=False)  # never a silent skip
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
     Shared: use unique node ids (or topics) per test, since retained messages persist.
     """
-    broker = _mosquitto_or_skip(tmp_path_factory.mktemp("mosquitto"))
+    broker = _mosquitto_or_fail(tmp_path_factory.mktemp("mosquitto"))
     broker.start()
     try:
         yield broker
@@ -35,7 +35,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 @pytest.fixture
 def fresh_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A mosquitto of this test's own, free to be stopped and started again."""
-    broker = _mosquitto_or_skip(tmp_path / "mosquitto")
+    broker = _mosquitto_or_fail(tmp_path / "mosquitto")
     broker.start()
     try:
         yield broker
