@@ -5,6 +5,10 @@ The board publishes a pseudo-terminal, so the node cannot tell it from a USB ser
 
 - :mod:`firmware_sim.kernels` — pure numba step kernel of the plant, with a NumPy reference;
 - :mod:`firmware_sim.plant` — the ``Plant`` interface and ``FirstOrderPlant``;
+- :mod:`firmware_sim.physics` — the orbital plant's step kernel (numba) and NumPy reference;
+- :mod:`firmware_sim.spaceplant` — ``SpacePlant``: orbit, power, heat, GPUs, faults, truth
+  (docs/board-physics.md);
+- :mod:`firmware_sim.impair` — link impairments (bit errors, lost bytes, garbage);
 - :mod:`firmware_sim.firmware` — the board firmware logic, sans-I/O;
 - :mod:`firmware_sim.hil_port` — the HIL port (inject and read simulation parameters), sans-I/O;
 - :mod:`firmware_sim.ptyport` — a pseudo-terminal published at a symlink;

@@ -11,6 +11,16 @@ configured) and runs one TaskGroup of named tasks until the block exits:
 - ``umbra.board.poll`` — retransmits, the link watchdog and heartbeats, every ``poll_s``
   of wall time.
 
+Time control (HIL ``time.*``): real-time pacing at ``speed``; ``time.pause`` holds board
+time (heartbeats keep the link alive); ``time.step_s`` advances a paused board by whole
+sensor periods at full speed; ``time.lockstep`` advances to the next sensor frame as soon
+as the node has sent STEP_DONE for the current one (or ``time.lockstep_timeout_s`` of wall
+time passed), so a run is deterministic and as fast as the node.  Every change re-anchors
+the pacing, so board time never jumps.
+
+Faults outside the plant: ``board.reset`` (as RESET_BOARD), ``link.*`` impairments, and the
+scheduled timeline of BoardConfig (HIL settings at given board run times).
+
 SENSOR ``utc`` is the wall UTC at boot plus board time, so simulated UTC runs at ``speed``
 too (an orbit scenario sees its own calendar, not the host's).
 
@@ -34,11 +44,38 @@ from typing import Self
 from firmware_sim.config import BoardConfig
 from firmware_sim.firmware import Firmware
 from firmware_sim.hil_port import HilPort
-from firmware_sim.plant import FirstOrderPlant, Plant
+from firmware_sim.impair import LinkImpairment
+from firmware_sim.plant import FirstOrderPlant, ParamValue, Plant
 from firmware_sim.ptyport import PtyPort
+from node.errors import CommandRejected
+from node.link.messages import AckStatus, Hello, HelloAck
 
 #: Wall seconds the clock may fall behind before it skips ahead rather than catching up.
 MAX_LAG_S = 1.0
+
+
+def _bad(message: str) -> CommandRejected:
+    return CommandRejected(message, code=AckStatus.BAD_ARGUMENT)
+
+
+def _flag(name: str, value: ParamValue) -> bool:
+    if isinstance(value, tuple) or not math.isfinite(value):
+        raise _bad(f"{name}: expected 1.0 or 0.0, got {value!r}")
+    return value >= 0.5
+
+
+def _seconds(name: str, value: ParamValue, hi: float = 1e7) -> float:
+    if isinstance(value, tuple) or not (math.isfinite(value) and 0.0 <= value <= hi):
+        raise _bad(f"{name}: expected seconds in [0, {hi:g}], got {value!r}")
+    return float(value)
+
+
+#: Names the board answers itself (the rest go to the firmware and the plant).
+BOARD_PARAMS = (
+    "time.pause", "time.step_s", "time.speed", "time.lockstep", "time.lockstep_timeout_s",
+    "time.frames", "board.reset", "board.resets", "link.ber", "link.drop_rate",
+    "link.delay_s", "link.garbage", "link.disconnect", "link.disconnect_s",
+)
 
 
 class Board:
@@ -55,23 +92,41 @@ class Board:
     ) -> None:
         self.config = config
         self.seed = config.seed if config.seed is not None else secrets.randbits(63)
-        self.plant: Plant = (
-            plant
-            if plant is not None
-            else FirstOrderPlant(config=config.plant_config(), seed=self.seed)
-        )
+        if plant is None:
+            if config.model == "space":
+                from firmware_sim.spaceplant import SpacePlant
+
+                plant = SpacePlant(config=config.space_config(), seed=self.seed)
+            else:
+                plant = FirstOrderPlant(config=config.plant_config(), seed=self.seed)
+        self.plant: Plant = plant
         self.log = logger or logging.getLogger("umbra.board")
         self._clock = clock
         self._utc = utc
         self.link = PtyPort(path=config.link)
         self.hil = PtyPort(path=config.hil) if config.hil is not None else None
+        self.impair = LinkImpairment(seed=self.seed ^ 0x5EED)
         self._firmware: Firmware | None = None
         self._hil_port: HilPort | None = None
-        self._wall0 = 0.0
         self._tasks: asyncio.TaskGroup | None = None
         self._running: list[asyncio.Task[None]] = []
         self._draining: set[PtyPort] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # time control
+        self.speed = config.speed
+        self.paused = config.paused
+        self.lockstep = config.lockstep
+        self.lockstep_timeout_s = config.lockstep_timeout_s
+        self._step_budget_s = 0.0
+        self._frame = 0  # index of the last sensor frame (board time = frame · period)
+        self._anchor_wall = 0.0
+        self._anchor_frame = 0
+        self._wake = asyncio.Event()
+        self.run_t = 0.0  # board seconds stepped since start, across resets (timeline clock)
+        self._timeline = sorted(config.timeline, key=lambda e: e[0])
+        self.resets = 0
+        self._disconnected = False
+        self._reconnect: asyncio.TimerHandle | None = None
 
     @property
     def firmware(self) -> Firmware:
@@ -83,21 +138,26 @@ class Board:
     def t_board(self) -> float:
         return self.firmware.t_board
 
+    @property
+    def period(self) -> float:
+        return 1.0 / self.config.rate_hz
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
-        self._wall0 = self._clock()
-        self._firmware = firmware = Firmware(
+        self._wake = asyncio.Event()
+        self._anchor_wall = self._clock()
+        self._firmware = Firmware(
             plant=self.plant,
-            wall=self._wall0,
+            wall=self._anchor_wall,
             config=cfg.firmware_config(utc_at_boot=self._utc()),
             logger=self.log.getChild("firmware"),
         )
-        ports: list[tuple[PtyPort, Callable[..., bytes]]] = [(self.link, firmware.receive)]
+        ports: list[tuple[PtyPort, Callable[..., bytes]]] = [(self.link, self._link_receive)]
         if self.hil is not None:
-            self._hil_port = HilPort(target=firmware, logger=self.log.getChild("hil"))
+            self._hil_port = HilPort(target=self, logger=self.log.getChild("hil"))
             ports.append((self.hil, self._hil_port.receive))
         try:
             for port, handler in ports:
@@ -133,45 +193,142 @@ class Board:
             if self._tasks is not None:
                 await self._tasks.__aexit__(exc_type, exc, tb)
         finally:
+            if self._reconnect is not None:
+                self._reconnect.cancel()
             self._tasks = None
             self._running = []
             self._close_ports()
 
     def _close_ports(self) -> None:
         for port in (self.link, self.hil):
-            if port is None or not port.is_open:
-                continue
-            if self._loop is not None:
-                self._loop.remove_reader(port.fileno())
-                self._loop.remove_writer(port.fileno())
-            port.close()
+            if port is not None:
+                self._close_port(port)
         self._draining.clear()
 
-    # --- tasks ----------------------------------------------------------------------------
+    def _close_port(self, port: PtyPort) -> None:
+        if not port.is_open:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(port.fileno())
+            self._loop.remove_writer(port.fileno())
+        self._draining.discard(port)
+        port.close()
+
+    # --- link disconnect / reconnect ----------------------------------------------------------
+
+    def disconnect(self, wall_s: float | None = None) -> None:
+        """Unplug the node's link (the pty and its symlink go away); back after ``wall_s``."""
+        if not self._disconnected:
+            self._close_port(self.link)
+            self._disconnected = True
+            self.log.warning("link disconnected")
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            self._reconnect = None
+        if wall_s is not None and self._loop is not None:
+            self._reconnect = self._loop.call_later(wall_s, self.reconnect)
+
+    def reconnect(self) -> None:
+        self._reconnect = None
+        if not self._disconnected or self._loop is None:
+            return
+        self.link.open()
+        self._loop.add_reader(self.link.fileno(), self._on_readable, self.link, self._link_receive)
+        self._disconnected = False
+        self.log.warning("link reconnected at %s -> %s", self.config.link, self.link.slave_name)
+
+    # --- time -------------------------------------------------------------------------------
+
+    def _reanchor(self) -> None:
+        self._anchor_wall = self._clock()
+        self._anchor_frame = self._frame
+        self._wake.set()
+
+    def reset_board(self) -> None:
+        """Reboot: board time 0, link session forgotten, GPUs restarted (unsaved work lost)."""
+        self.firmware.reboot(wall=self._clock())
+        self.resets += 1
+        self._frame = 0
+        self._reanchor()
+
+    def _advance_frame(self, frames: int = 1) -> None:
+        firmware = self.firmware
+        for at, name, value in self._due(self.run_t):
+            self._apply_timeline(at, name, value)
+        self._frame += frames
+        before = firmware.t_board
+        firmware.advance_to(self._frame * self.period)
+        self.run_t += firmware.t_board - before
+        self._write(self.link, firmware.sensor_frame(wall=self._clock()))
+
+    def _due(self, t: float) -> list[tuple[float, str, ParamValue]]:
+        due = []
+        while self._timeline and self._timeline[0][0] <= t + 1e-9:
+            due.append(self._timeline.pop(0))
+        return due
+
+    def _apply_timeline(self, at: float, name: str, value: ParamValue) -> None:
+        try:
+            self.set_param(name, value)
+            self.log.info("timeline at %.1f s: %s = %r", at, name, value)
+        except CommandRejected as exc:
+            self.log.warning("timeline at %.1f s: %s refused: %s", at, name, exc)
+
+    async def _sleep_or_wake(self, timeout: float) -> None:
+        self._wake.clear()
+        if timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _run_clock(self) -> None:
-        cfg = self.config
         firmware = self.firmware
-        period = 1.0 / cfg.rate_hz
-        substeps = max(1, math.ceil(period / cfg.max_step_s - 1e-9))
-        dt = period / substeps
-        step = 0
         while True:
-            step += 1
-            late = self._clock() - (self._wall0 + step * dt / cfg.speed)
+            if firmware.reset_requested:
+                self.reset_board()
+            if self.paused:
+                if self._step_budget_s > 1e-9:
+                    self._step_budget_s -= self.period
+                    self._advance_frame()
+                    await asyncio.sleep(0)
+                else:
+                    await self._sleep_or_wake(1.0)
+                self._reanchor()
+                continue
+            elif self.lockstep:
+                deadline = self._clock() + self.lockstep_timeout_s
+                t_now = firmware.t_board
+                sent = firmware.stats.sensor_frames > 0
+                while (
+                    sent and firmware.step_done_t < t_now - 1e-9 and self.lockstep
+                    and not self.paused and not firmware.reset_requested
+                ):
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        break
+                    await self._sleep_or_wake(left)
+                if not self.lockstep or self.paused:
+                    continue
+                self._advance_frame()
+                await asyncio.sleep(0)
+                self._reanchor()
+                continue
+            due = self._anchor_wall + (self._frame + 1 - self._anchor_frame) * self.period / self.speed
+            late = self._clock() - due
             if late < 0:
-                await asyncio.sleep(-late)
+                await self._sleep_or_wake(-late)
+                continue
+            if late > MAX_LAG_S:
+                behind = math.floor(late * self.speed / self.period)
+                self.log.warning("clock %.1f s behind wall time; skipping %d frames", late, behind)
+                self._advance_frame(behind + 1)
+                self._reanchor()
             else:
-                if late > MAX_LAG_S:
-                    now_step = math.floor((self._clock() - self._wall0) * cfg.speed / dt)
-                    self.log.warning(
-                        "clock %.1f s behind wall time; skipping %d steps", late, now_step - step
-                    )
-                    step = max(step, now_step)
-                await asyncio.sleep(0)  # let reads in while catching up
-            firmware.advance_to(step * dt)
-            if step % substeps == 0:
-                self._write(self.link, firmware.sensor_frame(wall=self._clock()))
+                self._advance_frame()
+            await asyncio.sleep(0)  # let reads in while catching up
 
     async def _run_poll(self) -> None:
         firmware = self.firmware
@@ -182,15 +339,108 @@ class Board:
             if self._hil_port is not None and self.hil is not None:
                 self._write(self.hil, self._hil_port.poll(wall=now))
 
+    # --- HIL parameters (the HilPort's target) ------------------------------------------------
+
+    def hello_ack(self, hello: Hello) -> HelloAck:
+        return self.firmware.hello_ack(hello)
+
+    def get_param(self, name: str) -> ParamValue:
+        if name == "time.pause":
+            return 1.0 if self.paused else 0.0
+        if name == "time.step_s":
+            return max(self._step_budget_s, 0.0)
+        if name == "time.speed":
+            return self.speed
+        if name == "time.lockstep":
+            return 1.0 if self.lockstep else 0.0
+        if name == "time.lockstep_timeout_s":
+            return self.lockstep_timeout_s
+        if name == "time.frames":
+            return float(self.firmware.stats.sensor_frames)
+        if name in ("board.reset", "board.resets"):
+            return float(self.resets)
+        if name == "link.ber":
+            return self.impair.ber
+        if name == "link.drop_rate":
+            return self.impair.drop_rate
+        if name == "link.delay_s":
+            return self.impair.delay_s
+        if name == "link.garbage":
+            return float(self.impair.garbage_sent)
+        if name in ("link.disconnect", "link.disconnect_s"):
+            return 1.0 if self._disconnected else 0.0
+        return self.firmware.get_param(name)
+
+    def set_param(self, name: str, value: ParamValue) -> None:
+        if name == "time.pause":
+            self.paused = _flag(name, value)
+        elif name == "time.step_s":
+            self._step_budget_s += _seconds(name, value)
+        elif name == "time.speed":
+            speed = _seconds(name, value, 1e4)
+            if speed <= 0:
+                raise _bad("time.speed: must be > 0")
+            self.speed = speed
+        elif name == "time.lockstep":
+            self.lockstep = _flag(name, value)
+        elif name == "time.lockstep_timeout_s":
+            self.lockstep_timeout_s = max(_seconds(name, value, 3600.0), 0.001)
+        elif name == "board.reset":
+            self.firmware.reset_requested = True
+        elif name == "link.ber":
+            self.impair.ber = _seconds(name, value, 1.0)
+        elif name == "link.drop_rate":
+            self.impair.drop_rate = _seconds(name, value, 1.0)
+        elif name == "link.delay_s":
+            self.impair.delay_s = _seconds(name, value, 60.0)
+        elif name == "link.garbage":
+            self.impair.garbage(int(_seconds(name, value, 4096)))
+        elif name == "link.disconnect":
+            if _flag(name, value):
+                self.disconnect()
+            else:
+                self.reconnect()
+        elif name == "link.disconnect_s":
+            self.disconnect(_seconds(name, value, 3600.0))
+        elif name in BOARD_PARAMS:
+            raise _bad(f"read-only parameter {name!r}")
+        else:
+            self.firmware.set_param(name, value)
+            return
+        self._reanchor()
+
+    def param_names(self) -> tuple[str, ...]:
+        return BOARD_PARAMS + self.firmware.param_names()
+
     # --- bytes in and out -----------------------------------------------------------------
 
+    def _link_receive(self, data: bytes, *, wall: float) -> bytes:
+        out = self.firmware.receive(self.impair.apply(data, outgoing=False), wall=wall)
+        if self.firmware.step_done_t >= 0 or self.firmware.reset_requested:
+            self._wake.set()
+        return out
+
     def _on_readable(self, port: PtyPort, handler: Callable[..., bytes]) -> None:
+        if not port.is_open:
+            return
         data = port.read()
         if data:
             self._write(port, handler(data, wall=self._clock()))
 
     def _write(self, port: PtyPort, data: bytes) -> None:
         if not data:
+            return
+        if port is self.link:
+            if self._disconnected:
+                return
+            data = self.impair.apply(data)
+            if self.impair.delay_s > 0 and self._loop is not None:
+                self._loop.call_later(self.impair.delay_s, self._write_now, port, data)
+                return
+        self._write_now(port, data)
+
+    def _write_now(self, port: PtyPort, data: bytes) -> None:
+        if not data or not port.is_open:
             return
         port.write(data)
         if port.pending and port not in self._draining and self._loop is not None:

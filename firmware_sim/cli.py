@@ -16,10 +16,12 @@ import asyncio
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from firmware_sim.config import MAX_BOARD_GPUS, BoardConfig, __version__
+from firmware_sim.config import MAX_BOARD_GPUS, ORBITS, BoardConfig, __version__
 from node.errors import ConfigError, LinkError
 
 PROG = "umbra-board"
@@ -34,6 +36,9 @@ _FLAGS = {
     "board_id": "--board-id",
     "watchdog_s": "--watchdog",
     "demand_w": "--demand",
+    "orbit": "--orbit",
+    "model": "--model",
+    "lockstep_timeout_s": "--lockstep-timeout",
 }
 
 
@@ -96,30 +101,118 @@ def build_parser() -> argparse.ArgumentParser:
         help="power each GPU's job would draw uncapped (default 500)",
     )
     p.add_argument(
+        "--orbit",
+        default=None,
+        choices=tuple(ORBITS),
+        help="orbit preset (default beta0: 550 km, beta 0, 35.6 min eclipse every 95.5 min)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=("space", "first-order"),
+        help="plant model (default space; first-order is the foundation's stand-in)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file: [board] options, [plant] physics parameters, [[event]] fault timeline",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one physics parameter (docs/board-physics.md), e.g. --set sink_c=-60; repeatable",
+    )
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="advance to the next sensor frame only after the node's STEP_DONE (or a timeout)",
+    )
+    p.add_argument(
+        "--lockstep-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="wall seconds to wait for STEP_DONE in lockstep (default 1)",
+    )
+    p.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p  # fmt: skip
 
 
+def _number(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """The [board], [plant] and [[event]] tables of a board configuration file."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config {path}: {exc}", key="config") from None
+    unknown = set(data) - {"board", "plant", "event"}
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown tables {sorted(unknown)}", key="config")
+    return data
+
+
 def config_from_args(args: argparse.Namespace) -> BoardConfig:
-    return BoardConfig(
-        link=Path(args.link),
-        hil=Path(args.hil) if args.hil else None,
-        gpus=args.gpus,
-        rate_hz=args.rate,
-        speed=args.speed,
-        seed=args.seed,
-        board_id=args.board_id,
-        watchdog_s=args.watchdog,
-        demand_w=args.demand,
-    )
+    data = load_toml(Path(args.config)) if args.config else {}
+    board: dict[str, Any] = dict(data.get("board", {}))
+    overrides: dict[str, float | int] = dict(data.get("plant", {}))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE", key="set")
+        try:
+            overrides[key.strip()] = _number(value.strip())
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: {value!r} is not a number", key="set") from None
+    timeline = []
+    for event in data.get("event", []):
+        try:
+            value = event["value"]
+            timeline.append((float(event["at_s"]), str(event["name"]),
+                             tuple(float(v) for v in value) if isinstance(value, list) else float(value)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--config: bad [[event]] {event!r}: {exc}", key="event") from None
+    # Command-line flags win over the file; the file wins over the defaults.
+    flags = {
+        "gpus": args.gpus, "rate_hz": args.rate, "speed": args.speed, "seed": args.seed,
+        "board_id": args.board_id, "watchdog_s": args.watchdog, "demand_w": args.demand,
+        "orbit": args.orbit, "model": args.model, "lockstep_timeout_s": args.lockstep_timeout,
+    }
+    defaults = {"gpus": 8, "rate_hz": 10.0, "speed": 1.0, "board_id": "sim-1",
+                "watchdog_s": 3.0, "demand_w": 500.0}
+    for key, value in flags.items():
+        if value is not None and (key not in defaults or value != defaults[key] or key not in board):
+            board[key] = value
+    if args.lockstep:
+        board["lockstep"] = True
+    try:
+        return BoardConfig(
+            link=Path(args.link),
+            hil=Path(args.hil) if args.hil else None,
+            plant_overrides=tuple(overrides.items()),
+            timeline=tuple(timeline),
+            **board,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"[board]: {exc}", key="config") from None
 
 
 def ready_line(config: BoardConfig, seed: int) -> str:
+    model = f"orbit {config.orbit}" if config.model == "space" else "first-order plant"
     line = (
         f"{PROG}: board {config.board_id} on {config.link} "
-        f"({config.gpus} GPUs, {config.rate_hz:g} Hz, speed {config.speed:g}x)"
+        f"({config.gpus} GPUs, {config.rate_hz:g} Hz, speed {config.speed:g}x), {model}"
     )
     if config.hil is not None:
         line += f", HIL on {config.hil}"

@@ -9,7 +9,7 @@ Nothing here imports numba, so the CLI can validate arguments quickly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
@@ -145,6 +145,15 @@ class BoardConfig:
     demand_w: float = 500.0
     max_step_s: float = 0.1  # longest physics step, board time; frames are split finer
     poll_s: float = 0.02  # wall time between retransmit/watchdog checks
+    model: str = "space"  # "space" (orbital plant) or "first-order" (the foundation's stand-in)
+    orbit: str = "beta0"
+    #: SpaceConfig overrides (key, value), e.g. from --config FILE.toml or --set KEY=VALUE.
+    plant_overrides: tuple[tuple[str, float | int], ...] = ()
+    #: Scheduled HIL settings (board run time s, name, value), from the [[event]] tables.
+    timeline: tuple[tuple[float, str, float | tuple[float, ...]], ...] = ()
+    lockstep: bool = False
+    lockstep_timeout_s: float = 1.0  # wall time the board waits for STEP_DONE
+    paused: bool = False  # start with board time held (HIL time.pause / time.step_s)
 
     def __post_init__(self) -> None:
         o = "BoardConfig"
@@ -165,8 +174,35 @@ class BoardConfig:
             _integer(o, "seed", self.seed, 0, 2**63 - 1)
         _number(o, "max_step_s", self.max_step_s, 0.0, 3600.0, lo_open=True)
         _number(o, "poll_s", self.poll_s, 0.0, 1.0, lo_open=True)
+        if self.model not in ("space", "first-order"):
+            raise ConfigError(f"{o}.model: {self.model!r} is not space or first-order", key="model")
+        if self.orbit not in ORBITS:
+            raise ConfigError(
+                f"{o}.orbit: {self.orbit!r} is not one of {', '.join(ORBITS)}", key="orbit"
+            )
+        _number(o, "lockstep_timeout_s", self.lockstep_timeout_s, 0.001, 3600.0)
+        for at, name, _value in self.timeline:
+            _number(o, "timeline", at, 0.0, 1e10)
+            _name(o, "timeline", name)
         self.plant_config()
+        self.space_config()
         self.firmware_config()
+
+    def space_config(self) -> SpaceConfig:
+        altitude, beta = ORBITS[self.orbit]
+        settings: dict[str, float | int] = {
+            "gpu_count": self.gpus, "demand_w": self.demand_w, "altitude_km": altitude,
+            "beta_deg": beta,
+        }
+        known = {f.name for f in fields(SpaceConfig)}
+        for key, value in self.plant_overrides:
+            if key not in known:
+                raise ConfigError(f"BoardConfig.plant: unknown parameter {key!r}", key=key)
+            settings[key] = value
+        try:
+            return SpaceConfig(**settings)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"BoardConfig.plant: {exc}", key="plant") from None
 
     def plant_config(self) -> PlantConfig:
         return PlantConfig(gpu_count=self.gpus, demand_w=self.demand_w)
@@ -178,3 +214,175 @@ class BoardConfig:
             watchdog_s=self.watchdog_s,
             utc_at_boot=utc_at_boot,
         )
+
+
+# --- the orbital plant -------------------------------------------------------------------
+
+#: Orbit presets: name → (altitude km, β angle °).  docs/board-physics.md §1.
+ORBITS: dict[str, tuple[float, float]] = {
+    "beta0": (550.0, 0.0),  # worst-case inclined LEO: longest eclipse, 35.6 min of 95.5
+    "sso-dawn-dusk": (550.0, 75.0),  # dawn-dusk SSO out of eclipse season: β > 67°, no eclipse
+    "sso-eclipse-season": (550.0, 58.9),  # dawn-dusk SSO, worst day of eclipse season: 21.7 min
+}
+EARTH_RADIUS_KM = 6371.0
+EARTH_MU_KM3_S2 = 398600.4418
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpaceConfig:
+    """Physics of :class:`~firmware_sim.spaceplant.SpacePlant`.  Sources: docs/board-physics.md.
+
+    Sizes that grow with the node (array, battery, radiator, loop) are given per GPU, so a
+    4-GPU board is half an 8-GPU one; avionics do not scale.
+    """
+
+    gpu_count: int = 8
+    # orbit
+    altitude_km: float = 550.0
+    beta_deg: float = 0.0
+    phase0_deg: float = 0.0  # orbit angle at t = 0 measured from orbit noon; eclipse centred on 180°
+    solar_const_w_m2: float = 1361.0
+    # solar array
+    array_m2_per_gpu: float = 1.8
+    cell_eff: float = 0.30
+    array_degradation: float = 0.0
+    incidence_deg: float = 0.0
+    solar_strings: int = 8
+    # battery
+    battery_wh_per_gpu: float = 600.0
+    battery_soc0: float = 0.95
+    eta_charge: float = 0.95
+    eta_discharge: float = 0.95
+    charge_c_rate: float = 0.5
+    cells_series: int = 28
+    cell_v_empty: float = 3.0
+    cell_v_full: float = 4.2
+    r_int_ohm: float = 0.05
+    uv_cutoff_v: float = 89.6  # 3.2 V per cell
+    soc_floor: float = 0.7  # 30 % depth of discharge
+    # bus
+    avionics_w: float = 100.0
+    bus_max_w: float = 6000.0
+    # GPUs
+    cap_min_w: float = 200.0
+    cap_max_w: float = 700.0
+    demand_w: float = 500.0
+    tau_power_s: float = 0.3
+    idle_w: float = 75.0
+    ref_w: float = 700.0
+    work_exponent: float = 0.6
+    slowdown_c: float = 89.0
+    slowdown_hyst_c: float = 2.0
+    slowdown_factor: float = 0.5
+    shutdown_c: float = 92.0
+    # heat
+    r_die_k_per_w: float = 0.035
+    tau_die_s: float = 5.0
+    r_plate_k_per_w: float = 0.025
+    tau_plate_s: float = 120.0
+    loop_j_per_k_per_gpu: float = 8000.0
+    loop_w_per_k_per_gpu: float = 100.0
+    pump_fail_factor: float = 0.05
+    radiator_m2_per_gpu: float = 0.5
+    radiator_sides: int = 2
+    emissivity: float = 0.9
+    radiator_j_per_k_m2: float = 2700.0  # 3 kg/m² × 900 J/kg·K
+    sink_c: float = -40.0
+    init_c: float = 20.0
+    # sensors and integration
+    noise_temp_c: float = 0.1
+    noise_power_w: float = 1.0
+    step_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        o = "SpaceConfig"
+        _integer(o, "gpu_count", self.gpu_count, 1, 4096)
+        _number(o, "altitude_km", self.altitude_km, 100.0, 40000.0)
+        _number(o, "beta_deg", self.beta_deg, -90.0, 90.0)
+        _number(o, "phase0_deg", self.phase0_deg, -360.0, 360.0)
+        _number(o, "solar_const_w_m2", self.solar_const_w_m2, 0.0, 2000.0)
+        for key in ("array_m2_per_gpu", "battery_wh_per_gpu", "radiator_m2_per_gpu"):
+            _number(o, key, getattr(self, key), 0.0, 1e4, lo_open=True)
+        for key in ("cell_eff", "eta_charge", "eta_discharge", "pump_fail_factor", "emissivity"):
+            _number(o, key, getattr(self, key), 0.0, 1.0, lo_open=True)
+        for key in ("array_degradation", "battery_soc0", "soc_floor", "slowdown_factor"):
+            _number(o, key, getattr(self, key), 0.0, 1.0)
+        _number(o, "incidence_deg", self.incidence_deg, 0.0, 90.0)
+        _integer(o, "solar_strings", self.solar_strings, 1, 1000)
+        _number(o, "charge_c_rate", self.charge_c_rate, 0.0, 10.0, lo_open=True)
+        _integer(o, "cells_series", self.cells_series, 1, 1000)
+        _number(o, "cell_v_empty", self.cell_v_empty, 0.0, 10.0, lo_open=True)
+        _number(o, "cell_v_full", self.cell_v_full, self.cell_v_empty, 10.0)
+        _number(o, "r_int_ohm", self.r_int_ohm, 0.0, 10.0)
+        _number(o, "uv_cutoff_v", self.uv_cutoff_v, 0.0, 10000.0)
+        _number(o, "avionics_w", self.avionics_w, 0.0, 1e5)
+        _number(o, "bus_max_w", self.bus_max_w, 0.0, 1e7, lo_open=True)
+        _number(o, "cap_min_w", self.cap_min_w, *POWER_RANGE_W)
+        _number(o, "cap_max_w", self.cap_max_w, self.cap_min_w, POWER_RANGE_W[1])
+        _number(o, "demand_w", self.demand_w, *POWER_RANGE_W)
+        _number(o, "tau_power_s", self.tau_power_s, 0.0, 1e3, lo_open=True)
+        _number(o, "idle_w", self.idle_w, 0.0, self.cap_min_w)
+        _number(o, "ref_w", self.ref_w, self.idle_w, POWER_RANGE_W[1], lo_open=True)
+        _number(o, "work_exponent", self.work_exponent, 0.0, 1.0, lo_open=True)
+        _number(o, "slowdown_c", self.slowdown_c, -100.0, 500.0)
+        _number(o, "slowdown_hyst_c", self.slowdown_hyst_c, 0.0, 100.0)
+        _number(o, "shutdown_c", self.shutdown_c, self.slowdown_c, 500.0)
+        for key in ("r_die_k_per_w", "r_plate_k_per_w", "tau_die_s", "tau_plate_s"):
+            _number(o, key, getattr(self, key), 0.0, 1e5, lo_open=True)
+        for key in ("loop_j_per_k_per_gpu", "loop_w_per_k_per_gpu", "radiator_j_per_k_m2"):
+            _number(o, key, getattr(self, key), 0.0, 1e8, lo_open=True)
+        _integer(o, "radiator_sides", self.radiator_sides, 1, 2)
+        _number(o, "sink_c", self.sink_c, -273.15, 200.0)
+        _number(o, "init_c", self.init_c, -100.0, 200.0)
+        _number(o, "noise_temp_c", self.noise_temp_c, 0.0, 100.0)
+        _number(o, "noise_power_w", self.noise_power_w, 0.0, 1000.0)
+        _number(o, "step_s", self.step_s, 1e-4, 1.0)
+        # Explicit plate/loop/radiator fluxes need sub-steps well inside their time constants.
+        if self.step_s > 0.1 * min(self.tau_plate_s, self.radiator_tau_s(), self.loop_tau_s()):
+            raise ConfigError(f"{o}.step_s: too long for the plate, loop or radiator", key="step_s")
+
+    # --- derived quantities (docs/board-physics.md) ----------------------------------------
+
+    @property
+    def period_s(self) -> float:
+        r = EARTH_RADIUS_KM + self.altitude_km
+        return 2.0 * math.pi * math.sqrt(r**3 / EARTH_MU_KM3_S2)
+
+    @property
+    def eclipse_fraction(self) -> float:
+        """f = (1/180°)·acos(√(h² + 2Rh) / ((R+h)·cos β)); 0 when there is no eclipse."""
+        h, r = self.altitude_km, EARTH_RADIUS_KM
+        c = math.cos(math.radians(self.beta_deg))
+        x = math.sqrt(h * h + 2.0 * r * h) / ((r + h) * c) if c > 0 else 2.0
+        return math.degrees(math.acos(x)) / 180.0 if x < 1.0 else 0.0
+
+    @property
+    def array_m2(self) -> float:
+        return self.array_m2_per_gpu * self.gpu_count
+
+    @property
+    def solar_max_w(self) -> float:
+        return (
+            self.solar_const_w_m2 * self.array_m2 * self.cell_eff * (1.0 - self.array_degradation)
+            * math.cos(math.radians(self.incidence_deg))
+        )  # fmt: skip
+
+    @property
+    def battery_wh(self) -> float:
+        return self.battery_wh_per_gpu * self.gpu_count
+
+    @property
+    def radiator_m2(self) -> float:
+        return self.radiator_m2_per_gpu * self.gpu_count
+
+    def radiator_tau_s(self) -> float:
+        """Linearised radiator time constant at 320 K (about 200 s for the defaults)."""
+        c = self.radiator_j_per_k_m2
+        return c / (self.radiator_sides * 4.0 * self.emissivity * 5.670374419e-8 * 320.0**3)
+
+    def loop_tau_s(self) -> float:
+        return self.loop_j_per_k_per_gpu / self.loop_w_per_k_per_gpu
+
+    @property
+    def release_c(self) -> float:
+        return self.slowdown_c - self.slowdown_hyst_c

@@ -20,6 +20,11 @@ Behaviour (docs/ICD.md):
   ones.  Liveness uses wall time because board time may run many times faster.
 - HEARTBEAT when nothing else was sent for ``heartbeat_s`` of wall time (slow sensor rates).
 - ``rx_errors`` in SENSOR counts frames the decoder rejected (CRC, oversize, other errors).
+- STEP_DONE records the newest board time the node has finished (lockstep, read by the
+  board's clock as :attr:`Firmware.step_done_t`).
+- RESET_BOARD is acknowledged OK and sets :attr:`Firmware.reset_requested`; the board then
+  calls :meth:`Firmware.reboot` (board time 0, channel and decoder state forgotten, GPUs
+  re-initialised by the plant, unsaved work lost).
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from node.link.messages import (
     Hello,
     HelloAck,
     Message,
+    ResetBoard,
     Sensor,
     SensorFlag,
     SetCaps,
     SetRail,
+    StepDone,
 )
 
 #: Parameters the firmware answers itself (read-only); the rest go to the plant.
@@ -87,6 +94,24 @@ class Firmware:
         self._last_rx_wall = wall  # armed from boot: no node at all is silence too
         self._last_tx_wall = wall
         self._safe = False
+        self.step_done_t = -1.0
+        self.reset_requested = False
+
+    def reboot(self, *, wall: float) -> None:
+        """Board reset: time restarts at 0, the link forgets its session, the GPUs restart."""
+        self.channel.reset()
+        self.decoder = FrameDecoder()
+        self.node_id = None
+        self._t_board = 0.0
+        self._last_rx_wall = wall
+        self._last_tx_wall = wall
+        self._safe = False
+        self.step_done_t = -1.0
+        self.reset_requested = False
+        reboot = getattr(self.plant, "reboot", None)
+        if reboot is not None:
+            reboot()
+        self.log.warning("board reset: board time restarts at 0")
 
     # --- state ----------------------------------------------------------------------------
 
@@ -173,6 +198,9 @@ class Firmware:
     def _deliver(self, seq: int, message: Message) -> bytes:
         if isinstance(message, Hello):
             return self._hello(message)
+        if isinstance(message, StepDone):
+            self.step_done_t = max(self.step_done_t, message.t_board)
+            return b""
         if not message.RELIABLE:
             return b""  # HEARTBEAT (liveness only) and messages meant for the other side
         if seq == 0:
@@ -185,6 +213,8 @@ class Firmware:
                 self.plant.set_caps(message.cap_w)
             elif isinstance(message, SetRail):
                 self.plant.set_rail(message.gpu, message.on)
+            elif isinstance(message, ResetBoard):
+                self.reset_requested = True
             else:
                 raise CommandRejected(
                     f"{type(message).__name__} is not served on this port",
@@ -223,6 +253,16 @@ class Firmware:
             radiator_c=reading.radiator_c,
             flags=int(flags),
             rx_errors=self.rx_errors,
+            battery_wh=reading.battery_wh,
+            battery_capacity_wh=reading.battery_capacity_wh,
+            bus_v=reading.bus_v,
+            avionics_w=reading.avionics_w,
+            orbit_period_s=reading.orbit_period_s,
+            eclipse_in_s=reading.eclipse_in_s,
+            sun_in_s=reading.sun_in_s,
+            xid=reading.xid,
+            gpu_ok=reading.gpu_ok,
+            slowdown=reading.slowdown,
         )
         self.stats.sensor_frames += 1
         return self._sent(self.channel.send(sensor, wall), wall)

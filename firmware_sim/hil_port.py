@@ -10,26 +10,8 @@ Same framing and reliable channel as the node link, on a second pseudo-terminal:
 
 HIL traffic is not node traffic: it never feeds the link watchdog.
 
-Parameter names (per-GPU values are tuples of floats, one per GPU):
-
-=================  ====  =================================================================
-name               set?  meaning
-=================  ====  =================================================================
-``demand_w``       yes   power each GPU's job would draw uncapped, W; a float sets every GPU
-``sink_c``         yes   heat-sink temperature, °C (GPUs settle at sink + 0.1 K/W · P)
-``solar_w``        yes   solar array output, W
-``battery_soc``    yes   battery state of charge, 0…1
-``t_board``        no    board time of the last physics step, s
-``watchdog_safe``  no    1.0 while the board is in its watchdog safe state, else 0.0
-``rx_errors``      no    frames from the node the decoder rejected
-``temp_c``         no    true die temperatures, °C (what the sensors read minus their noise)
-``power_w``        no    true drawn power, W
-``cap_w``          no    power caps in force, W
-``progress``       no    progress counters, work units (1/s at 700 W)
-``rails``          no    rail states, 1.0 on / 0.0 off
-``slowdown``       no    hardware thermal slowdown active, 1.0 / 0.0
-``radiator_c``     no    radiator temperature, °C
-=================  ====  =================================================================
+Parameter names: docs/ICD.md §4.12 (the board's clock, link faults and reset are served
+by :class:`~firmware_sim.board.Board`, the rest by the firmware and the plant).
 """
 
 from __future__ import annotations

@@ -69,6 +69,17 @@ class Reading:
     radiator_c: float
     eclipse: bool = False
     hw_slowdown: bool = False
+    # Optional SENSOR fields (docs/ICD.md §4.4); -1 / empty / defaults: not reported.
+    battery_wh: float = -1.0
+    battery_capacity_wh: float = -1.0
+    bus_v: float = -1.0
+    avionics_w: float = -1.0
+    orbit_period_s: float = -1.0
+    eclipse_in_s: float = -1.0
+    sun_in_s: float = -1.0
+    xid: tuple[int, ...] = ()
+    gpu_ok: int = 0xFFFF_FFFF
+    slowdown: int = 0
 
 
 @runtime_checkable

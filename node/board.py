@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from node.errors import LinkError
-from node.link.messages import AckStatus, HelloAck, Message, Sensor, SetCaps, SetRail
+from node.link.messages import AckStatus, HelloAck, Message, ResetBoard, Sensor, SetCaps, SetRail
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,14 @@ class Board(Protocol):
 
     def set_rail(self, gpu: int, on: bool) -> None: ...
 
+    def step_done(self, t_board: float) -> None:
+        """Tell the board the frame of ``t_board`` is handled (lockstep; best-effort)."""
+        ...
+
+    def reset_board(self) -> None:
+        """Reboot the board (reliable).  LinkError when the link is down."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Link counters for telemetry."""
         ...
@@ -105,6 +113,7 @@ class FakeBoard:
 
     events: asyncio.Queue[BoardEvent] = field(default_factory=asyncio.Queue)
     sent: list[Message] = field(default_factory=list)
+    steps_done: list[float] = field(default_factory=list)
     current_info: BoardInfo | None = None
 
     @property
@@ -138,6 +147,14 @@ class FakeBoard:
         if not self.link_up:
             raise LinkError("fake board link is down")
         self.sent.append(SetRail(gpu=gpu, on=on))
+
+    def step_done(self, t_board: float) -> None:
+        self.steps_done.append(t_board)
+
+    def reset_board(self) -> None:
+        if not self.link_up:
+            raise LinkError("fake board link is down")
+        self.sent.append(ResetBoard())
 
     def stats(self) -> dict[str, int]:
         return {"commands_sent": len(self.sent)}

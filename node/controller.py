@@ -159,6 +159,13 @@ class NodeController:
         except LinkError as exc:
             raise CommandRejected(str(exc), code=Reason.LINK_DOWN) from None
 
+    def reboot_board(self) -> None:
+        try:
+            self._board.reset_board()
+        except LinkError as exc:
+            raise CommandRejected(str(exc), code=Reason.LINK_DOWN) from None
+        self._event("board_reset", Severity.WARNING, "board reboot commanded")
+
     def set_hk_rate(self, hz: float) -> None:
         try:
             mqtt = dataclasses.replace(self._config.mqtt, hk_rate_hz=float(hz))
@@ -355,6 +362,7 @@ class NodeController:
         if self.mode is not Mode.SAFE:
             self._pick_operating_mode(result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6
+        self._board.step_done(sensor.t_board)  # after any command: lockstep may advance
         self.steps += 1
         self.stepped.set()
 

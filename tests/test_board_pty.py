@@ -111,7 +111,8 @@ class Peer:
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, **overrides: Any) -> AsyncIterator[Board]:
     settings: dict[str, Any] = dict(
-        link=tmp_path / "link", hil=tmp_path / "hil", speed=20.0, seed=7, watchdog_s=30.0
+        link=tmp_path / "link", hil=tmp_path / "hil", speed=20.0, seed=7, watchdog_s=30.0,
+        model="first-order",  # these tests check link behaviour against first-order numbers
     )
     settings.update(overrides)
     async with Board(config=BoardConfig(**settings)) as board:
@@ -353,7 +354,9 @@ def test_bad_arguments_exit_2_naming_the_flag(
 
 async def test_clock_skips_ahead_after_a_stall_instead_of_replaying(tmp_path: Path) -> None:
     offset = [0.0]
-    config = BoardConfig(link=tmp_path / "link", speed=10.0, seed=1, watchdog_s=60.0)
+    config = BoardConfig(
+        link=tmp_path / "link", speed=10.0, seed=1, watchdog_s=60.0, model="first-order"
+    )
     async with Board(config=config, clock=lambda: time.monotonic() + offset[0]) as board:
         await asyncio.sleep(0.2)
         frames_before, t_before = board.firmware.stats.sensor_frames, board.t_board

@@ -31,9 +31,11 @@ from node.link.messages import (
     HilSet,
     HilValue,
     MsgType,
+    ResetBoard,
     Sensor,
     SetCaps,
     SetRail,
+    StepDone,
 )
 from node.link.vectors import SENSOR_8GPU, messages_equal
 
@@ -102,6 +104,7 @@ def test_round_trip_every_type_example() -> None:
         HilValue("x", NAN, 3),
     ]
     examples.append(HilSet("demand_w", (1.0, 2.0)))
+    examples += [StepDone(12.5), ResetBoard()]
     assert {type(m) for m in examples} == set(MESSAGE_TYPES.values()) - {
         MESSAGE_TYPES[MsgType.HIL_GET]
     }

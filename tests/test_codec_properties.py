@@ -38,9 +38,11 @@ from node.link.messages import (
     HilSet,
     HilValue,
     Message,
+    ResetBoard,
     Sensor,
     SetCaps,
     SetRail,
+    StepDone,
 )
 from node.link.vectors import messages_equal
 
@@ -121,7 +123,23 @@ def sensors(draw: st.DrawFn) -> Sensor:
         radiator_c=draw(floats(*TEMP_RANGE_C, nan=True)),
         flags=draw(u32),
         rx_errors=draw(u32),
+        **draw(sensor_extras(n)),
     )
+
+
+@st.composite
+def sensor_extras(draw: st.DrawFn, n: int) -> dict[str, object]:
+    """The optional SENSOR fields (ICD §4.4): absent, -1 (not reported) or a value."""
+    extras: dict[str, object] = {}
+    if not draw(st.booleans()):
+        return extras
+    for name in ("battery_wh", "battery_capacity_wh", "bus_v", "avionics_w", "orbit_period_s",
+                 "eclipse_in_s", "sun_in_s"):  # fmt: skip
+        extras[name] = draw(st.one_of(st.just(-1.0), floats(0.0, 5000.0)))
+    extras["xid"] = draw(st.one_of(st.just(()), st.tuples(*[u32] * n)))
+    extras["gpu_ok"] = draw(u32)
+    extras["slowdown"] = draw(u32)
+    return extras
 
 
 MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
@@ -135,6 +153,8 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     HilSet: st.builds(HilSet, names, hil_values),
     HilGet: st.builds(HilGet, names),
     HilValue: st.builds(HilValue, names, hil_values, u32),
+    StepDone: st.builds(StepDone, floats(0.0, 1e10)),
+    ResetBoard: st.just(ResetBoard()),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 wires = st.builds(encode_frame, messages, seqs)
@@ -237,7 +257,8 @@ def test_valid_payload_with_one_field_replaced_raises_only_remote_protocol_error
     message: Message, data: st.DataObject
 ) -> None:
     payload = message.payload()
-    key = data.draw(st.sampled_from(sorted(payload)))
+    # A field-less message (RESET_BOARD) gets an unknown key instead, which must be ignored.
+    key = data.draw(st.sampled_from(sorted(payload))) if payload else "extra"
     payload[key] = data.draw(msgpack_values)
     if data.draw(st.booleans()):
         del payload[data.draw(st.sampled_from(sorted(payload)))]

@@ -28,6 +28,9 @@ def make_bench(tmp_path, host: str, port: int, node_id: str) -> LocalBench:
     return LocalBench(
         workdir=tmp_path, mqtt_host=host, mqtt_port=port, node_id=node_id,
         gpus=GPUS, rate_hz=10.0, speed=10.0, hk_rate_hz=5.0, demand_w=400.0,
+        # The first-order plant: heats in seconds and has no battery to budget; the
+        # orbital plant is exercised by the HIL scenarios.
+        board_args=("--model", "first-order"),
     )
 
 
@@ -45,7 +48,7 @@ async def heat_and_throttle(bench: LocalBench, watch: TelemetryWatcher) -> None:
         60,
         since=since,
     )
-    assert hot.payload.mode == "THERMAL_LIMIT"
+    # The node said why it lowered the caps (the hk mode may already have moved on).
     await watch.wait_for(mode_event("THERMAL_LIMIT"), 5, since=since)
     # The throttle holds the GPUs below hardware slowdown (87 °C) even at full demand.
     await watch.wait_for(hk("steady under slowdown", lambda h: max(h.temp_c) < 87.0), 30, since=hot.index)

@@ -121,9 +121,11 @@ class Law(Protocol):
 
 
 def _opt(sensor: Sensor, name: str) -> float:
-    """An optional SENSOR field (added in later ICD revisions), NaN when absent."""
+    """An optional SENSOR field (ICD §4.4), NaN when not reported (absent or -1)."""
     value = getattr(sensor, name, math.nan)
-    return float(value) if isinstance(value, int | float) else math.nan
+    if not isinstance(value, int | float) or value < 0.0:
+        return math.nan
+    return float(value)
 
 
 @dataclass
@@ -225,13 +227,17 @@ class UmbraLaw:
             avionics = _opt(sensor, "avionics_w")
             eclipse_in = _opt(sensor, "eclipse_in_s")
             sun_in = _opt(sensor, "sun_in_s")
-            if not eclipse_in == eclipse_in:  # no orbit data: an eclipse may start any time
-                eclipse_in, sun_in = 60.0, 0.0
+            eclipse_s = self._eclipse_length(sensor)
+            if eclipse_in != eclipse_in:
+                if _opt(sensor, "orbit_period_s") > 0.0 and not sun_in > 0.0:
+                    eclipse_in, sun_in, eclipse_s = 1e7, 0.0, 0.0  # the orbit has no eclipse ahead
+                else:  # no orbit data: an eclipse may start any time
+                    eclipse_in, sun_in = 60.0, 0.0
             budget = kernels.power_budget(
                 sensor.solar_w, stored, capacity,
                 (p.battery_floor_frac + p.battery_margin_frac) * capacity,
                 avionics if avionics == avionics else p.avionics_w,
-                eclipse_in, sun_in if sun_in == sun_in else 0.0, self._eclipse_length(sensor),
+                eclipse_in, sun_in if sun_in == sun_in else 0.0, eclipse_s,
                 p.charge_eff, p.discharge_eff, math.inf,
             )  # fmt: skip
         if p.radiator_ea_m2 > 0.0:

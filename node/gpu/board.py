@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 from node.board import BoardEvent, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
-from node.errors import LinkError, LocalProtocolError
+from node.errors import CommandRejected, LinkError, LocalProtocolError, Reason
 from node.gpu.config import GpuConfig
 from node.gpu.devices import NvmlDevices, NvmlSnapshot, NvmlUnavailable, PowerLimitRefused
 from node.gpu.nvml_api import NvmlLike
@@ -141,6 +141,18 @@ class NvmlBoard:
         if self._info is None:
             raise LinkError("NVML GPUs are not available", endpoint="nvml")
         self._platform.set_rail(gpu, on)
+
+    def step_done(self, t_board: float) -> None:
+        # Lockstep is the serial board's business; a fixed profile has no clock to hold.
+        forward = getattr(self._platform, "step_done", None)
+        if forward is not None:
+            forward(t_board)
+
+    def reset_board(self) -> None:
+        reset = getattr(self._platform, "reset_board", None)
+        if reset is None:
+            raise CommandRejected("no platform board to reset (fixed profile)", code=Reason.UNSUPPORTED)
+        reset()
 
     def stats(self) -> dict[str, int]:
         return {**self._counters, **self._platform.stats()}

@@ -105,6 +105,12 @@ class BoardPlatform:
     def set_rail(self, gpu: int, on: bool) -> None:
         self._board.set_rail(gpu, on)
 
+    def step_done(self, t_board: float) -> None:
+        self._board.step_done(t_board)
+
+    def reset_board(self) -> None:
+        self._board.reset_board()
+
     def stats(self) -> dict[str, int]:
         return {f"platform_{k}": v for k, v in self._board.stats().items()}
 

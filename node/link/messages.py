@@ -36,9 +36,11 @@ class MsgType(enum.IntEnum):
     HELLO = 0x01
     HELLO_ACK = 0x02
     HEARTBEAT = 0x03
+    STEP_DONE = 0x04
     SENSOR = 0x10
     SET_CAPS = 0x20
     SET_RAIL = 0x21
+    RESET_BOARD = 0x22
     ACK = 0x30
     HIL_SET = 0x40
     HIL_GET = 0x41
@@ -182,6 +184,28 @@ class _HilValue(_Kind):
         return _to_float(value)
 
 
+@dataclass(frozen=True)
+class _IntList(_Kind):
+    lo: int
+    hi: int
+    name = "array of integers"
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, tuple):
+            return f"expected a tuple of integers, got {type(value).__name__}"
+        if len(value) > MAX_GPUS:
+            return f"length {len(value)} outside [0, {MAX_GPUS}]"
+        for i, item in enumerate(value):
+            if not isinstance(item, int) or isinstance(item, bool):
+                return f"item {i}: expected an integer, got {type(item).__name__}"
+            if not self.lo <= item <= self.hi:
+                return f"item {i}: {item} outside [{self.lo}, {self.hi}]"
+        return None
+
+    def from_wire(self, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list | tuple) else value
+
+
 _U32 = _Int(0, UINT32_MAX)
 _VERSION = _Int(0, 255)
 
@@ -291,6 +315,15 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class StepDone(Message):
+    """Node → board: done with the SENSOR frame of board time ``t_board`` (lockstep).  Best-effort."""
+
+    TYPE = MsgType.STEP_DONE
+    FIELDS = {"t_board": _Float(0.0, 1e10)}
+    t_board: float
+
+
+@dataclass(frozen=True, slots=True)
 class Sensor(Message):
     """Board → node: one sensor frame.  Best-effort; loss is counted by sequence number."""
 
@@ -308,6 +341,17 @@ class Sensor(Message):
         "radiator_c": _Float(*TEMP_RANGE_C, allow_nan=True),
         "flags": _U32,
         "rx_errors": _U32,
+        # Optional fields (ICD §4.4): older senders leave them out and receivers default them.
+        "battery_wh": _Float(-1.0, 1e7),
+        "battery_capacity_wh": _Float(-1.0, 1e7),
+        "bus_v": _Float(-1.0, 1e4),
+        "avionics_w": _Float(-1.0, POWER_RANGE_W[1]),
+        "orbit_period_s": _Float(-1.0, 1e7),
+        "eclipse_in_s": _Float(-1.0, 1e7),
+        "sun_in_s": _Float(-1.0, 1e7),
+        "xid": _IntList(0, UINT32_MAX),
+        "gpu_ok": _U32,
+        "slowdown": _U32,
     }
     t_board: float
     utc: float
@@ -321,9 +365,22 @@ class Sensor(Message):
     radiator_c: float
     flags: int = 0
     rx_errors: int = 0
+    # -1.0 in the optional float fields: not reported.
+    battery_wh: float = -1.0  # energy stored in the battery, Wh
+    battery_capacity_wh: float = -1.0  # its present capacity, Wh
+    bus_v: float = -1.0  # power bus voltage, V
+    avionics_w: float = -1.0  # avionics base load, W
+    orbit_period_s: float = -1.0  # orbital period, board seconds
+    eclipse_in_s: float = -1.0  # to the next eclipse entry; 0 in eclipse; -1 none ahead
+    sun_in_s: float = -1.0  # to the next eclipse exit (sun returns); 0 in sunlight
+    xid: tuple[int, ...] = ()  # Xid error counter per GPU since board boot (empty: not reported)
+    gpu_ok: int = UINT32_MAX  # bit i: GPU i is on the bus (not dropped out)
+    slowdown: int = 0  # bit i: GPU i is in hardware thermal slowdown
 
     def _check_consistency(self) -> None:
         _same_lengths(self, ("temp_c", "power_w", "cap_w", "progress"))
+        if self.xid and len(self.xid) != len(self.temp_c):
+            raise LocalProtocolError("Sensor: xid must be empty or have one counter per GPU")
 
     @property
     def gpu_count(self) -> int:
@@ -355,6 +412,18 @@ class SetRail(Message):
 
     def supersede_key(self) -> object | None:
         return (MsgType.SET_RAIL, self.gpu)
+
+
+@dataclass(frozen=True, slots=True)
+class ResetBoard(Message):
+    """Node → board: reboot the board (board time restarts at 0; the node re-handshakes).  Reliable."""
+
+    TYPE = MsgType.RESET_BOARD
+    RELIABLE = True
+    FIELDS: ClassVar[Mapping[str, _Kind]] = {}
+
+    def supersede_key(self) -> object | None:
+        return MsgType.RESET_BOARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +472,10 @@ class HilValue(Message):
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, HelloAck, Heartbeat, Sensor, SetCaps, SetRail, Ack, HilSet, HilGet, HilValue)
+    for cls in (
+        Hello, HelloAck, Heartbeat, StepDone, Sensor, SetCaps, SetRail, ResetBoard, Ack,
+        HilSet, HilGet, HilValue,
+    )
 }
 
 

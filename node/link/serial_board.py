@@ -33,9 +33,11 @@ from node.link.messages import (
     Hello,
     HelloAck,
     Message,
+    ResetBoard,
     Sensor,
     SetCaps,
     SetRail,
+    StepDone,
 )
 
 log = logging.getLogger("umbra.node.link")
@@ -131,6 +133,13 @@ class SerialBoard:
 
     def set_rail(self, gpu: int, on: bool) -> None:
         self._send(SetRail(gpu=gpu, on=on))
+
+    def step_done(self, t_board: float) -> None:
+        if self._transport is not None and self._info is not None:
+            self._write(self._channel.send(StepDone(t_board=t_board), self._clock()))
+
+    def reset_board(self) -> None:
+        self._send(ResetBoard())
 
     def stats(self) -> dict[str, int]:
         return {

@@ -44,10 +44,12 @@ from node.link.messages import (
     HilValue,
     Message,
     MsgType,
+    ResetBoard,
     Sensor,
     SensorFlag,
     SetCaps,
     SetRail,
+    StepDone,
 )
 
 #: Version of the vector file layout (not of the protocol).
@@ -263,6 +265,38 @@ def _frames() -> list[FrameVector]:
                 rx_errors=0,
             ),
         ),
+        (
+            "sensor_orbit_fields",
+            "4-GPU frame with the optional power, orbit and GPU-health fields: in sunlight, "
+            "eclipse in 798 s, GPU 3 dropped out after a thermal shutdown (Xid), GPU 2 slowed",
+            5000,
+            Sensor(
+                t_board=1000.0,
+                utc=1767226600.0,
+                temp_c=(71.5, 72.25, 89.5, 60.0),
+                power_w=(400.5, 399.0, 240.0, 0.0),
+                cap_w=(400.0, 400.0, 500.0, 700.0),
+                progress=(750.5, 749.0, 600.25, 12.0),
+                rails=0xF,
+                solar_w=2939.75,
+                battery_soc=0.95,
+                radiator_c=26.75,
+                flags=int(SensorFlag.HW_SLOWDOWN),
+                rx_errors=0,
+                battery_wh=2280.0,
+                battery_capacity_wh=2400.0,
+                bus_v=116.5,
+                avionics_w=100.0,
+                orbit_period_s=5730.125,
+                eclipse_in_s=798.5,
+                sun_in_s=0.0,
+                xid=(0, 0, 0, 1),
+                gpu_ok=0x7,
+                slowdown=0x4,
+            ),
+        ),
+        ("step_done", "node finished the sensor frame of board time 12.5 (lockstep)", 31, StepDone(12.5)),
+        ("reset_board", "node asks the board to reboot", 32, ResetBoard()),
         ("set_caps", "node sets the caps of 8 GPUs", 17, SetCaps(cap_w=_CAPS_8)),
         ("set_rail_off", "node switches GPU 7's rail off", 18, SetRail(gpu=7, on=False)),
         ("set_rail_on", "node switches GPU 0's rail on", 19, SetRail(gpu=0, on=True)),
@@ -318,6 +352,11 @@ def _accepts() -> list[FrameVector]:
     reordered = [1, int(MsgType.SET_RAIL), 22, {"on": True, "gpu": 2}]
     unknown_key = [1, int(MsgType.HEARTBEAT), 23, {"uptime_s": 3.0, "load_avg": [0.5, 0.25]}]
     ack_default = [1, int(MsgType.ACK), 24, {"ack_seq": 9}]
+    sensor_v1 = [1, int(MsgType.SENSOR), 25, {
+        "t_board": 1.5, "utc": 1767225600.0, "temp_c": [40.0], "power_w": [300.0],
+        "cap_w": [700.0], "progress": [1.0], "rails": 1, "solar_w": 100.0,
+        "battery_soc": 0.5, "radiator_c": 20.0, "flags": 0, "rx_errors": 0,
+    }]
     leading_delimiters = DELIMITER * 3 + encode_frame(Heartbeat(4.0), 25)
     items: list[tuple[str, str, int, Message, bytes]] = [
         (
@@ -354,6 +393,14 @@ def _accepts() -> list[FrameVector]:
             24,
             Ack(ack_seq=9),
             _raw_frame(ack_default),
+        ),
+        (
+            "accept_sensor_without_optional_fields",
+            "a SENSOR from an older sender without battery_wh … slowdown: they take their defaults",
+            25,
+            Sensor(t_board=1.5, utc=1767225600.0, temp_c=(40.0,), power_w=(300.0,), cap_w=(700.0,),
+                   progress=(1.0,), rails=1, solar_w=100.0, battery_soc=0.5, radiator_c=20.0),
+            _raw_frame(sensor_v1),
         ),
         (
             "accept_leading_delimiters",
