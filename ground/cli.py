@@ -1,6 +1,8 @@
 """``umbra-ground``: the ground segment's command line.
 
 umbra-ground tail [--node ID] [--mqtt HOST:PORT] [--json] [--count N] [--timeout S]
+umbra-ground send NODE COMMAND [key=value ...] [--wait] [--mqtt HOST:PORT] [--key-file F]
+umbra-ground broker-files DIR --node ID [--node ID ...]
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+
+import aiomqtt
 
 from ground.tail import (
     LinkStatus,
@@ -108,6 +114,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds")
     t.set_defaults(func=_cmd_tail)
+
+    s = sub.add_parser(
+        "send",
+        help="sign and send one telecommand; print its verification reports",
+        description=(
+            "Sign COMMAND with the node's key and the next counter, send it, and print each "
+            "verification report (accepted, started, completed or failed) as it arrives.  "
+            "Exit 0 only when the command completed (or, without --wait, a time-tagged "
+            "command was accepted into the schedule); 1 when it failed; 3 on timeout."
+        ),
+    )
+    s.add_argument("node", type=_node_id, metavar="NODE")
+    s.add_argument("name", metavar="COMMAND", help="command name (python -m node.bus.commands --markdown)")
+    s.add_argument("assignments", nargs="*", metavar="key=value")
+    s.add_argument("--wait", action="store_true",
+                   help="for a time-tagged command, also wait until it has executed")
+    s.add_argument("--mqtt", type=parse_endpoint, default=DEFAULT_MQTT, metavar="HOST:PORT")
+    s.add_argument("--key-file", metavar="FILE", help="telecommand keys (default $UMBRA_TC_KEYS "
+                   "or ~/.config/umbra/tc-keys.json); counters are kept in FILE.counters")
+    s.add_argument("--at", metavar="UTC|+S", help="execute at this UTC (seconds) or S seconds from now")
+    s.add_argument("--expires", type=_positive_float, default=60.0, metavar="S",
+                   help="the node refuses the command after S seconds (default 60)")
+    s.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S")
+    s.add_argument("--id", metavar="ID", help="command id (default: random); resend an id to ask again")
+    s.add_argument("--username", metavar="USER")
+    s.add_argument("--password", metavar="PASSWORD")
+    s.add_argument("--tls-ca", metavar="CA.crt", help="connect with TLS, trusting this CA")
+    s.set_defaults(func=_cmd_send)
+
+    b = sub.add_parser(
+        "broker-files",
+        help="make mosquitto's password file, ACL, TLS certificates and telecommand keys",
+        description="See deploy/mosquitto/README.md.",
+    )
+    b.add_argument("out", metavar="DIR")
+    b.add_argument("--node", action="append", required=True, type=_node_id, metavar="ID")
+    b.add_argument("--host", default="127.0.0.1", help="broker host name or IP for the certificate")
+    b.add_argument("--port", type=int, default=1883)
+    b.add_argument("--tls-port", type=int, default=8883)
+    b.set_defaults(func=_cmd_broker_files)
+
     return parser
 
 
@@ -145,6 +192,90 @@ async def _tail(args: argparse.Namespace) -> int:
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     return asyncio.run(_tail(args))
+
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 3
+
+
+def _exec_at(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return time.time() + float(text[1:]) if text.startswith("+") else float(text)
+    except ValueError:
+        raise SystemExit(f"{PROG} send: --at {text!r} is not UTC seconds or +seconds") from None
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from ground.keys import DEFAULT_KEY_FILE, CounterStore, counter_path
+    from ground.send import build_telecommand, format_report, send_command
+    from node.bus.commands import parse_assignments
+    from node.bus.payloads import Stage
+    from node.bus.signing import load_keys
+    from node.errors import ConfigError
+
+    try:
+        cmd_args = parse_assignments(args.name, args.assignments)
+    except ValueError as exc:
+        print(f"{PROG} send: {exc}", file=sys.stderr)
+        return 2
+    key_file = Path(args.key_file) if args.key_file else DEFAULT_KEY_FILE
+    try:
+        key = load_keys(key_file).get(args.node)
+    except ConfigError as exc:
+        print(f"{PROG} send: {exc}", file=sys.stderr)
+        return 2
+    if key is None:
+        print(f"{PROG} send: {key_file} has no key for {args.node}", file=sys.stderr)
+        return 2
+    counter = CounterStore(counter_path(key_file)).next(args.node)
+    tc = build_telecommand(
+        node_id=args.node, name=args.name, args=cmd_args, key=key, counter=counter,
+        expires_in=args.expires, exec_at=_exec_at(args.at), command_id=args.id,
+    )
+    tls = None
+    if args.tls_ca:
+        import ssl
+
+        tls = ssl.create_default_context(cafile=args.tls_ca)
+    host, port = args.mqtt
+    print(f"sent      {tc.name} id={tc.id} counter={tc.counter} to {args.node}", flush=True)
+    last = None
+    try:
+        async with asyncio.timeout(args.timeout):
+            async for report in send_command(
+                host, port, tc, follow_schedule=args.wait, username=args.username,
+                password=args.password, tls_context=tls,
+            ):
+                print(format_report(report), flush=True)
+                last = report
+    except TimeoutError:
+        print(f"{PROG} send: no final report within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except aiomqtt.MqttError as exc:
+        print(f"{PROG} send: broker {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if last is None:
+        return EXIT_TIMEOUT
+    if last.stage == Stage.COMPLETED:
+        return 0
+    if last.stage == Stage.ACCEPTED and not args.wait:
+        return 0  # time-tagged and scheduled
+    return EXIT_FAILED
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    return asyncio.run(_send(args))
+
+
+def _cmd_broker_files(args: argparse.Namespace) -> int:
+    from ground.brokerfiles import make_broker_files
+
+    out = Path(args.out)
+    make_broker_files(out, args.node, host=args.host, port=args.port, tls_port=args.tls_port)
+    print(f"wrote passwd, acl, credentials.json, tc-keys.json, TLS files and mosquitto.conf to {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,9 +114,12 @@ async def tail(
     qos: int = 1,
     backoff: Backoff | None = None,
     connect_timeout: float = 5.0,
+    keepalive: int = 10,
 ) -> AsyncGenerator[TailItem, None]:
     """Subscribe to ``leaves`` of one node (or all) and yield what arrives, forever.
 
+    ``keepalive`` also bounds the TCP connect (paho uses it as the socket timeout), so a
+    silent network is noticed, and Ctrl-C answered, within seconds rather than a minute.
     Use it under ``contextlib.aclosing`` so that leaving early disconnects cleanly.
     """
     filters = [topic_filter(leaf, node_id) for leaf in leaves]
@@ -125,7 +128,9 @@ async def tail(
     closing = False
     while True:
         try:
-            async with aiomqtt.Client(host, port, timeout=connect_timeout) as client:
+            async with aiomqtt.Client(
+                host, port, timeout=connect_timeout, keepalive=keepalive
+            ) as client:
                 for f in filters:
                     await client.subscribe(f, qos=qos)
                 backoff.reset()

@@ -142,8 +142,22 @@ class Mosquitto:
         binary: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         ready_timeout: float = 10.0,
+        password_file: str | os.PathLike[str] | None = None,
+        acl_file: str | os.PathLike[str] | None = None,
+        tls_files: tuple[str | os.PathLike[str], str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+        tls_port: int | None = None,
+        persistence: bool = False,
     ) -> None:
+        """Secured mode: ``password_file`` (anonymous clients refused), ``acl_file``, and
+        ``tls_files`` = (cafile, certfile, keyfile) for a TLS listener on ``tls_port``
+        (still loopback).  ``persistence`` keeps sessions and queued QoS 1 messages in
+        ``workdir`` across a stop/start."""
         self.binary = binary or find_mosquitto()
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.tls_files = tls_files
+        self.tls_port = (tls_port or free_port(host)) if tls_files else None
+        self.persistence = persistence
         self.host = host
         self.port = port or free_port(host)
         self.ready_timeout = ready_timeout
@@ -169,12 +183,23 @@ class Mosquitto:
     def _write_config(self) -> None:
         lines = [
             "# written by hil.broker.Mosquitto",
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence false",
+            "per_listener_settings false",
+            f"allow_anonymous {'false' if self.password_file else 'true'}",
+            f"persistence {'true' if self.persistence else 'false'}",
             f"log_dest file {self.log_path}",
             "log_dest stderr",  # also on stderr, where we watch for the ready line
         ]
+        if self.persistence:
+            lines.append(f"persistence_location {self.workdir}/")
+        if self.password_file:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file:
+            lines.append(f"acl_file {self.acl_file}")
+        lines.append(f"listener {self.port} {self.host}")
+        if self.tls_files:
+            ca, cert, key = self.tls_files
+            lines += [f"listener {self.tls_port} {self.host}", f"cafile {ca}", f"certfile {cert}",
+                      f"keyfile {key}"]
         if os.geteuid() == 0:
             # As root mosquitto drops to user 'mosquitto', who cannot write our temp dir.
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")

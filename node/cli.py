@@ -11,16 +11,17 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from node import __version__
-from node.bus.client import TelemetryBus
+from node.bus import signing
+from node.bus.client import BACKLOG_RATE, TelemetryBus
+from node.bus.commands import dictionary_hash
+from node.bus.outbox import Outbox
+from node.bus.processor import CommandProcessor, ControllerTarget
 from node.config import NodeConfig
-from node.control import kernels
+from node.control import law
 from node.controller import NodeController
 from node.errors import ConfigError, LinkError
 from node.link.serial_board import SerialBoard, check_port_exists
-from node.seqstore import SequenceStore
 
 EXIT_USAGE = 2
 
@@ -44,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where the node keeps its state")
     p.add_argument("--config", metavar="FILE.toml", help="configuration file; flags override it")
     p.add_argument("--hk-rate", metavar="HZ", type=float, help="housekeeping rate in Hz of wall time")
+    p.add_argument(
+        "--policy",
+        choices=["umbra", "baseline"],
+        help="umbra (default): the controller; baseline: every GPU at its maximum cap, for comparison",
+    )
+    p.add_argument(
+        "--tc-key-file",
+        metavar="FILE",
+        help="telecommand key file (JSON node id → hex key); default <data-dir>/tc-keys.json "
+        "if it exists.  Without a key every telecommand fails with BAD_TAG.",
+    )
+    p.add_argument(
+        "--backlog-rate",
+        metavar="PKT/S",
+        type=float,
+        default=BACKLOG_RATE,
+        help=f"packets per second sent from the stored backlog after an outage (default {BACKLOG_RATE:g})",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"umbra-node {__version__}")
     return p
@@ -57,6 +76,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
         "mqtt.host": args.mqtt[0] if args.mqtt else None,
         "mqtt.port": args.mqtt[1] if args.mqtt else None,
         "mqtt.hk_rate_hz": args.hk_rate,
+        "node.policy": args.policy,
     }
     if args.config:
         return NodeConfig.from_toml(args.config, **overrides)
@@ -65,25 +85,70 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 def warm_up_kernels() -> None:
     """Compile (or load from cache) every kernel before the first sensor frame needs it."""
-    temps, caps = np.zeros(1), np.zeros(1)
-    kernels.throttle_caps(temps, 200.0, 700.0, 80.0, 40.0, caps)
-    kernels.caps_changed(caps, caps, 1.0)
+    law.warm_up()
 
 
-async def run(config: NodeConfig, seqs: SequenceStore) -> None:
+def legacy_first_seq(data_dir: Path) -> int:
+    """Numbers reserved by the old block store (telemetry.seq) are never used again."""
+    try:
+        return max(1, int((data_dir / "telemetry.seq").read_text().strip()))
+    except FileNotFoundError:
+        return 1
+    except ValueError:
+        raise ConfigError(
+            f"{data_dir / 'telemetry.seq'} is corrupt; refusing to reuse numbers", key="node.data_dir"
+        ) from None
+
+
+def load_node_key(config: NodeConfig, key_file: str | None) -> bytes | None:
+    """This node's telecommand key: from --tc-key-file, else <data_dir>/tc-keys.json, else none."""
+    path = Path(key_file) if key_file else Path(config.data_dir) / "tc-keys.json"
+    if key_file is None and not path.exists():
+        return None
+    keys = signing.load_keys(path)
+    if config.node_id not in keys:
+        raise ConfigError(f"key file {path} has no key for {config.node_id}", key=config.node_id,
+                          source=str(path))
+    return keys[config.node_id]
+
+
+async def run(
+    config: NodeConfig,
+    outbox: Outbox,
+    *,
+    key: bytes | None = None,
+    backlog_rate: float = BACKLOG_RATE,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     boot_id = uuid.uuid4().hex[:12]
+    target = ControllerTarget()  # bound to the controller once it runs
+    bus = TelemetryBus(
+        node_id=config.node_id, config=config.mqtt, boot_id=boot_id, version=__version__,
+        outbox=outbox, dict_hash=dictionary_hash(), backlog_rate=backlog_rate,
+    )
+    bus.processor = CommandProcessor(
+        node_id=config.node_id, key=key, target=target, sink=bus,
+        path=Path(config.data_dir) / "commands.sqlite",
+    )
     async with (
-        TelemetryBus(node_id=config.node_id, config=config.mqtt, boot_id=boot_id, version=__version__) as bus,
+        bus,
         SerialBoard(port=config.link.serial, node_id=config.node_id, config=config.link) as board,
-        NodeController(config=config, board=board, publisher=bus, next_seq=seqs.next),
+        NodeController(
+            config=config,
+            board=board,
+            publisher=bus,
+            next_seq=bus.next_seq,
+            params_path=Path(config.data_dir) / "params.json",
+        ) as controller,
     ):
+        target.bind(controller)
         print(
             f"umbra-node: {config.node_id} on {config.link.serial}, "
-            f"mqtt {config.mqtt.host}:{config.mqtt.port}, boot {boot_id}",
+            f"mqtt {config.mqtt.host}:{config.mqtt.port}, boot {boot_id}, "
+            f"commands {'enabled' if key else 'disabled (no key)'}",
             file=sys.stderr,
             flush=True,
         )
@@ -102,8 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not config.link.serial:
             raise ConfigError("no serial port: give --serial or link.serial", key="link.serial")
         check_port_exists(config.link.serial)
-        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-        seqs = SequenceStore(Path(config.data_dir) / "telemetry.seq")
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_node_key(config, args.tc_key_file)
+        outbox = Outbox(
+            data_dir / "outbox.sqlite",
+            limit=config.mqtt.queue_limit,
+            first_seq=legacy_first_seq(data_dir),
+        )
     except (ConfigError, LinkError) as exc:
         print(f"umbra-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -111,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"umbra-node: error: data directory {config.data_dir}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     warm_up_kernels()
-    asyncio.run(run(config, seqs))
+    try:
+        asyncio.run(run(config, outbox, key=key, backlog_rate=args.backlog_rate))
+    finally:
+        outbox.close()
     return 0
 
 

@@ -19,6 +19,7 @@ from node.bus.payloads import (
     Mode,
     NodeState,
     Severity,
+    TcReport,
     decode_message,
     parse_topic,
     topic,
@@ -233,6 +234,7 @@ def test_payloads_are_msgpack_maps_with_the_field_names() -> None:
         "board_flags",
         "link",
         "control_us",
+        "historical",
     ]
     assert list(msgpack.unpackb(_example_event().to_wire())) == [
         "node_id",
@@ -243,6 +245,7 @@ def test_payloads_are_msgpack_maps_with_the_field_names() -> None:
         "severity",
         "text",
         "data",
+        "historical",
     ]
     assert msgpack.unpackb(NodeState("n", False).to_wire()) == {
         "node_id": "n",
@@ -250,6 +253,7 @@ def test_payloads_are_msgpack_maps_with_the_field_names() -> None:
         "boot_id": "",
         "version": "",
         "utc": 0.0,
+        "dict_hash": "",
     }
 
 
@@ -271,7 +275,8 @@ def test_unknown_keys_are_ignored_and_defaults_fill_in() -> None:
 
 
 def test_payload_for_leaf() -> None:
-    assert PAYLOAD_FOR_LEAF == {Leaf.STATE: NodeState, Leaf.HK: Housekeeping, Leaf.EVENT: Event}
+    assert PAYLOAD_FOR_LEAF == {Leaf.STATE: NodeState, Leaf.HK: Housekeeping, Leaf.EVENT: Event,
+                                Leaf.TC_REPORT: TcReport}
     for leaf, cls in PAYLOAD_FOR_LEAF.items():
         assert cls.LEAF is leaf
 

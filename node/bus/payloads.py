@@ -103,6 +103,7 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "map of str to int": lambda v: isinstance(v, dict)
     and all(isinstance(k, str) and _integer(x) for k, x in v.items()),
     "map with str keys": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    "bin": lambda v: isinstance(v, bytes),
 }
 
 
@@ -151,12 +152,21 @@ class NodeState(_Payload):
     """``state`` (retained): birth when online, the Last Will when the node vanishes."""
 
     LEAF = Leaf.STATE
-    TYPES = {"node_id": "str", "online": "bool", "boot_id": "str", "version": "str", "utc": "float"}
+    TYPES = {
+        "node_id": "str",
+        "online": "bool",
+        "boot_id": "str",
+        "version": "str",
+        "utc": "float",
+        "dict_hash": "str",
+    }
     node_id: str
     online: bool
     boot_id: str = ""
     version: str = ""
     utc: float = 0.0
+    #: node.bus.commands.dictionary_hash() of the node's command and telemetry dictionary.
+    dict_hash: str = ""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -189,6 +199,7 @@ class Housekeeping(_Payload):
         "board_flags": "int",
         "link": "map of str to int",
         "control_us": "float",
+        "historical": "bool",
     }
     node_id: str
     seq: int
@@ -206,6 +217,8 @@ class Housekeeping(_Payload):
     board_flags: int
     link: dict[str, int] = field(default_factory=dict)
     control_us: float = 0.0
+    #: Set by the outbox when the packet is sent from the backlog after an outage.
+    historical: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -243,6 +256,7 @@ class Event(_Payload):
         "severity": "int",
         "text": "str",
         "data": "map with str keys",
+        "historical": "bool",
     }
     node_id: str
     seq: int
@@ -252,6 +266,7 @@ class Event(_Payload):
     severity: int
     text: str
     data: dict[str, Any] = field(default_factory=dict)
+    historical: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -261,10 +276,124 @@ class Event(_Payload):
             raise LocalProtocolError("Event.kind must be 1-64 characters")
 
 
+#: Largest telecommand accepted (bytes of msgpack); larger ones fail as MALFORMED.
+MAX_TC_BYTES = 4096
+COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Telecommand(_Payload):
+    """``tc`` (ground → node): one signed command (docs/ICD.md §5.6)."""
+
+    LEAF = Leaf.TC
+    TYPES = {
+        "node_id": "str",
+        "id": "str",
+        "counter": "int",
+        "name": "str",
+        "args": "map with str keys",
+        "expires": "float",
+        "exec_at": "float or nil",
+        "tag": "bin",
+    }
+    node_id: str
+    id: str
+    counter: int
+    name: str
+    args: dict[str, Any]
+    expires: float
+    exec_at: float | None = None
+    tag: bytes = b""
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        check_node_id(self.node_id)
+        if not COMMAND_ID_RE.fullmatch(self.id):
+            raise LocalProtocolError("Telecommand.id must be 1-64 of A-Z a-z 0-9 _ . : -")
+        if not 1 <= self.counter < 2**63:
+            raise LocalProtocolError("Telecommand.counter must be 1 … 2**63-1")
+        if not 1 <= len(self.name) <= 64:
+            raise LocalProtocolError("Telecommand.name must be 1-64 characters")
+        for name in ("expires", "exec_at"):
+            value = getattr(self, name)
+            if value is not None:
+                if not math.isfinite(value):
+                    raise LocalProtocolError(f"Telecommand.{name} must be finite")
+                object.__setattr__(self, name, float(value))
+
+
+class Stage(enum.StrEnum):
+    """Verification stages of a telecommand (ECSS PUS service 1)."""
+
+    ACCEPTED = "accepted"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class FailedAt(enum.StrEnum):
+    NONE = ""
+    ACCEPTANCE = "acceptance"
+    START = "start"
+    PROGRESS = "progress"
+    COMPLETION = "completion"
+
+
+@dataclass(frozen=True, slots=True)
+class TcReport(_Payload):
+    """``tc/report``: one verification report about one telecommand."""
+
+    LEAF = Leaf.TC_REPORT
+    TYPES = {
+        "node_id": "str",
+        "seq": "int",
+        "utc": "float",
+        "id": "str",
+        "counter": "int",
+        "name": "str",
+        "stage": "str",
+        "code": "int",
+        "reason": "str",
+        "at": "str",
+        "text": "str",
+        "data": "map with str keys",
+        "duplicate": "bool",
+        "historical": "bool",
+    }
+    node_id: str
+    seq: int
+    utc: float
+    id: str
+    counter: int
+    name: str
+    stage: str
+    code: int = 0
+    reason: str = ""
+    at: str = ""
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    duplicate: bool = False
+    historical: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        check_node_id(self.node_id)
+        Stage(self.stage)
+        FailedAt(self.at)
+        if self.seq < 0:
+            raise LocalProtocolError("TcReport.seq must be >= 0")
+
+    @property
+    def final(self) -> bool:
+        return self.stage in (Stage.COMPLETED, Stage.FAILED)
+
+
 PAYLOAD_FOR_LEAF: dict[Leaf, type[_Payload]] = {
     Leaf.STATE: NodeState,
     Leaf.HK: Housekeeping,
     Leaf.EVENT: Event,
+    Leaf.TC_REPORT: TcReport,
 }
 
 
