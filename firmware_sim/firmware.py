@@ -40,11 +40,13 @@ from node.link.codec import Frame, FrameDecoder
 from node.link.messages import (
     UINT32_MAX,
     AckStatus,
+    Checkpoint,
     Heartbeat,
     Hello,
     HelloAck,
     Message,
     ResetBoard,
+    Restore,
     Sensor,
     SensorFlag,
     SetCaps,
@@ -215,6 +217,14 @@ class Firmware:
                 self.plant.set_rail(message.gpu, message.on)
             elif isinstance(message, ResetBoard):
                 self.reset_requested = True
+            elif isinstance(message, Checkpoint | Restore):
+                handler = getattr(self.plant, "start_checkpoint" if isinstance(message, Checkpoint) else "restore", None)
+                if handler is None:
+                    raise CommandRejected("this plant keeps no checkpoints", code=AckStatus.UNSUPPORTED)
+                if isinstance(message, Checkpoint):
+                    handler(message.gpu, message.pause_s)
+                else:
+                    handler(message.gpu, message.progress)
             else:
                 raise CommandRejected(
                     f"{type(message).__name__} is not served on this port",
@@ -263,6 +273,8 @@ class Firmware:
             xid=reading.xid,
             gpu_ok=reading.gpu_ok,
             slowdown=reading.slowdown,
+            saved=reading.saved,
+            ckpt=reading.ckpt,
         )
         self.stats.sensor_frames += 1
         return self._sent(self.channel.send(sensor, wall), wall)

@@ -80,6 +80,8 @@ class Reading:
     xid: tuple[int, ...] = ()
     gpu_ok: int = 0xFFFF_FFFF
     slowdown: int = 0
+    saved: tuple[float, ...] = ()
+    ckpt: int = 0
 
 
 @runtime_checkable

@@ -95,6 +95,12 @@ class SpacePlant:
         self.strings_lost = 0
         self.battery_loss = 0.0
         self.seu_count = 0
+        # Checkpoints the node asked for (CHECKPOINT): pause end (−inf: none), progress kept.
+        self._ckpt_until = np.full(n, -np.inf)
+        self._ckpt_prog = np.zeros(n)
+        self._ckpt_overhead_s = 0.0
+        self.checkpoints_done = 0
+        self.checkpoints_failed = 0
         # sensor faults: index 0..n-1 GPU temperatures, n radiator, n+1 battery SoC
         self._sfault = np.zeros(n + 2, dtype=np.int64)
         self._sarg = np.zeros(n + 2)
@@ -204,11 +210,59 @@ class SpacePlant:
         return float(self.s[ph.S_T])
 
     def step(self, dt: float) -> None:
+        g = self.g
+        paused = self._ckpt_until > -np.inf
+        if paused.any():
+            lost_before = g[ph.G_LOST].copy()
+            prog_before = g[ph.G_PROG].copy()
+            done_before = g[ph.G_DONE].copy()
         if dt > 0.0 and self.seu_rate_hz > 0.0:
             hits = int(self._seu_rng.poisson(self.seu_rate_hz * self.gpu_count * dt))
             for _ in range(hits):
                 self.upset(int(self._seu_rng.integers(self.gpu_count)))
-        ph.space_step(float(dt), self.p, self.s, self.g)
+        ph.space_step(float(dt), self.p, self.s, g)
+        if paused.any():
+            self._checkpoint_progress(paused, lost_before, prog_before, done_before)
+
+    def _checkpoint_progress(
+        self, paused: np.ndarray, lost_before: np.ndarray, prog_before: np.ndarray, done_before: np.ndarray
+    ) -> None:
+        """A checkpointing GPU does no work; it keeps its progress when the pause ends.
+
+        Work lost during the pause (an upset, a shutdown, a shed rail) fails the checkpoint.
+        """
+        g = self.g
+        failed = paused & (g[ph.G_LOST] > lost_before)
+        holding = paused & ~failed
+        g[ph.G_PROG] = np.where(holding, prog_before, g[ph.G_PROG])
+        g[ph.G_DONE] = np.where(holding, done_before, g[ph.G_DONE])
+        finished = holding & (self.t_s >= self._ckpt_until)
+        g[ph.G_SAVED] = np.where(finished, self._ckpt_prog, g[ph.G_SAVED])
+        self._ckpt_until = np.where(failed | finished, -np.inf, self._ckpt_until)
+        self.checkpoints_failed += int(np.count_nonzero(failed))
+        self.checkpoints_done += int(np.count_nonzero(finished))
+
+    def start_checkpoint(self, gpu: int, pause_s: float) -> None:
+        """Node's CHECKPOINT: pause ``gpu``'s work for ``pause_s``, then keep its progress."""
+        if not 0 <= gpu < self.gpu_count:
+            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+        g = self.g
+        if g[ph.G_RAIL, gpu] < 0.5 or g[ph.G_ALIVE, gpu] < 0.5:
+            raise _bad(f"GPU {gpu} is off or off the bus: nothing to checkpoint")
+        if self._ckpt_until[gpu] > -np.inf:
+            return  # one checkpoint at a time per GPU; the running one stands
+        self._ckpt_prog[gpu] = g[ph.G_PROG, gpu]
+        self._ckpt_until[gpu] = self.t_s + pause_s
+        self._ckpt_overhead_s += pause_s
+
+    def restore(self, gpu: int, progress: float) -> None:
+        """Node's RESTORE: the job on ``gpu`` resumes from a verified checkpoint's progress."""
+        if not 0 <= gpu < self.gpu_count:
+            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+        g = self.g
+        self._ckpt_until[gpu] = -np.inf
+        g[ph.G_PROG, gpu] = progress
+        g[ph.G_SAVED, gpu] = progress
 
     def upset(self, gpu: int) -> None:
         """A single-event upset on ``gpu``: double-bit ECC, Xid 48, its job crashes."""
@@ -260,6 +314,8 @@ class SpacePlant:
             xid=tuple(int(x) for x in g[ph.G_XID].tolist()),
             gpu_ok=_mask(alive),
             slowdown=_mask(slowed),
+            saved=tuple(g[ph.G_SAVED].tolist()),
+            ckpt=_mask(self._ckpt_until > -np.inf),
         )
 
     def _sensed(self, k: int, true: float) -> float:
@@ -332,6 +388,7 @@ class SpacePlant:
         g[ph.G_CAP] = c.cap_max_w
         g[ph.G_XID] = 0.0
         g[ph.G_ECC] = 0.0
+        self._ckpt_until[:] = -np.inf  # a checkpoint in progress dies with the board
 
     # --- ground truth ------------------------------------------------------------------------
 
@@ -456,6 +513,9 @@ class SpacePlant:
             "gpu.ecc": per_gpu(ph.G_ECC),
             "job.saved": per_gpu(ph.G_SAVED),
             "job.lost": per_gpu(ph.G_LOST),
+            "job.checkpoints": lambda: float(self.checkpoints_done),
+            "job.checkpoints_failed": lambda: float(self.checkpoints_failed),
+            "job.checkpoint_s": lambda: self._ckpt_overhead_s,
             "fault.seu_rate_hz": lambda: self.seu_rate_hz,
             "fault.radiator": lambda: self.radiator_loss,
             "fault.pump": lambda: 1.0 if self.pump_failed else 0.0,

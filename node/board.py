@@ -14,7 +14,16 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from node.errors import LinkError
-from node.link.messages import AckStatus, HelloAck, Message, ResetBoard, Sensor, SetCaps, SetRail
+from node.link.messages import (
+    AckStatus,
+    Checkpoint,
+    HelloAck,
+    Message,
+    ResetBoard,
+    Sensor,
+    SetCaps,
+    SetRail,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,10 @@ class Board(Protocol):
         """Reboot the board (reliable).  LinkError when the link is down."""
         ...
 
+    def checkpoint(self, gpu: int, pause_s: float) -> None:
+        """Checkpoint ``gpu``'s job (reliable; the board pauses its work for ``pause_s``)."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Link counters for telemetry."""
         ...
@@ -155,6 +168,11 @@ class FakeBoard:
         if not self.link_up:
             raise LinkError("fake board link is down")
         self.sent.append(ResetBoard())
+
+    def checkpoint(self, gpu: int, pause_s: float) -> None:
+        if not self.link_up:
+            raise LinkError("fake board link is down")
+        self.sent.append(Checkpoint(gpu=gpu, pause_s=pause_s))
 
     def stats(self) -> dict[str, int]:
         return {"commands_sent": len(self.sent)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import uuid
@@ -21,7 +20,12 @@ from node.config import NodeConfig
 from node.control import law
 from node.controller import NodeController
 from node.errors import ConfigError, LinkError
-from node.link.serial_board import SerialBoard, check_port_exists
+from node.gpu import make_board
+from node.jobs.errors import CheckpointError
+from node.jobs.store import AsyncCheckpointStore, CheckpointStore
+from node.link.serial_board import check_port_exists
+from node.logs import configure_logging
+from node.service import Notifier
 
 EXIT_USAGE = 2
 
@@ -63,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=BACKLOG_RATE,
         help=f"packets per second sent from the stored backlog after an outage (default {BACKLOG_RATE:g})",
     )
+    p.add_argument(
+        "--gpus",
+        choices=["serial", "nvml", "fake-nvml"],
+        help="who reads and caps the GPUs: the serial board (default), NVML (real NVIDIA GPUs; "
+        "platform values from the serial board, or a fixed profile without one), or a fake NVML",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     p.add_argument("--version", action="version", version=f"umbra-node {__version__}")
     return p
 
@@ -77,6 +88,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
         "mqtt.port": args.mqtt[1] if args.mqtt else None,
         "mqtt.hk_rate_hz": args.hk_rate,
         "node.policy": args.policy,
+        "gpu.backend": args.gpus,
     }
     if args.config:
         return NodeConfig.from_toml(args.config, **overrides)
@@ -115,6 +127,7 @@ def load_node_key(config: NodeConfig, key_file: str | None) -> bytes | None:
 async def run(
     config: NodeConfig,
     outbox: Outbox,
+    store: CheckpointStore,
     *,
     key: bytes | None = None,
     backlog_rate: float = BACKLOG_RATE,
@@ -133,20 +146,28 @@ async def run(
         node_id=config.node_id, key=key, target=target, sink=bus,
         path=Path(config.data_dir) / "commands.sqlite",
     )
+    board = make_board(gpu=config.gpu, link=config.link, node_id=config.node_id, platform=config.platform)
     async with (
         bus,
-        SerialBoard(port=config.link.serial, node_id=config.node_id, config=config.link) as board,
+        board,
         NodeController(
             config=config,
             board=board,
             publisher=bus,
             next_seq=bus.next_seq,
             params_path=Path(config.data_dir) / "params.json",
+            store=AsyncCheckpointStore(store, max_concurrent=2),
         ) as controller,
+        Notifier.from_environ(
+            health=controller,
+            link_up=lambda: board.link_up,
+            status=lambda: f"mode {controller.mode.value}, {controller.steps} control steps",
+        ),
     ):
         target.bind(controller)
+        where = config.link.serial or "a fixed platform profile"
         print(
-            f"umbra-node: {config.node_id} on {config.link.serial}, "
+            f"umbra-node: {config.node_id} on {where} (GPUs: {config.gpu.backend}), "
             f"mqtt {config.mqtt.host}:{config.mqtt.port}, boot {boot_id}, "
             f"commands {'enabled' if key else 'disabled (no key)'}",
             file=sys.stderr,
@@ -157,16 +178,13 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(level=args.log_level, json_lines=args.log_json)
     try:
         config = load_config(args)
-        if not config.link.serial:
+        if config.link.serial:
+            check_port_exists(config.link.serial)
+        elif config.gpu.backend == "serial":
             raise ConfigError("no serial port: give --serial or link.serial", key="link.serial")
-        check_port_exists(config.link.serial)
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         key = load_node_key(config, args.tc_key_file)
@@ -175,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             limit=config.mqtt.queue_limit,
             first_seq=legacy_first_seq(data_dir),
         )
-    except (ConfigError, LinkError) as exc:
+        store = CheckpointStore(data_dir / "checkpoints", keep=3)
+    except (ConfigError, LinkError, CheckpointError) as exc:
         print(f"umbra-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
@@ -183,9 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     warm_up_kernels()
     try:
-        asyncio.run(run(config, outbox, key=key, backlog_rate=args.backlog_rate))
+        asyncio.run(run(config, outbox, store, key=key, backlog_rate=args.backlog_rate))
     finally:
         outbox.close()
+        store.close()
     return 0
 
 

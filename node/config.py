@@ -49,6 +49,7 @@ from node.control.law import ControlParams
 from node.errors import ConfigError
 from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
 from node.gpu.config import GpuConfig, PlatformProfile
+from node.jobs.manager import SimJobConfig
 
 _T = TypeVar("_T")
 
@@ -109,6 +110,7 @@ class NodeConfig:
     fdir: tuple[MonitorSpec, ...] = DEFAULT_MONITORS
     gpu: GpuConfig = field(default_factory=GpuConfig)
     platform: PlatformProfile = field(default_factory=PlatformProfile)
+    sim_jobs: SimJobConfig = field(default_factory=SimJobConfig)
 
     def __post_init__(self) -> None:
         if self.policy not in ("umbra", "baseline"):
@@ -134,7 +136,7 @@ class NodeConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
-        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}}
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}, "sim_jobs": {}}
         for section, values in raw.items():
             if section not in sections:
                 raise ConfigError(f"{source}: unknown section [{section}]", key=section, source=source)
@@ -157,6 +159,7 @@ class NodeConfig:
                 fdir=monitors_from_mapping(sections["fdir"], source=source),
                 gpu=_build(GpuConfig, "gpu", sections["gpu"], source),
                 platform=_build(PlatformProfile, "platform", sections["platform"], source),
+                sim_jobs=_build(SimJobConfig, "sim_jobs", sections["sim_jobs"], source),
             )
         except ConfigError as exc:
             if exc.source is None:

@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -29,6 +29,8 @@ from node.control.law import PARAM_SPECS, ControlParams, Law, UmbraLaw, make_law
 from node.control.params import load_params, save_params
 from node.errors import CommandRejected, ConfigError, LinkError, Reason
 from node.fdir import Action, Change, Fdir, Level
+from node.jobs.manager import ESTIMATOR_PRIOR, Foresight, SimJobManager
+from node.jobs.store import AsyncCheckpointStore
 from node.link.messages import AckStatus, Sensor, SensorFlag
 from node.modes import ModeMachine, Transition, Trigger
 
@@ -60,6 +62,7 @@ class NodeController:
         utc: Callable[[], float] = time.time,
         next_seq: Callable[[], int] | None = None,
         params_path: Path | None = None,
+        store: AsyncCheckpointStore | None = None,
     ) -> None:
         self._config = config
         self._board = board
@@ -83,6 +86,17 @@ class NodeController:
         self._fdir_limits = np.zeros(0)
         self._xid_seen = np.zeros(0)
         self._rail_on_at: dict[int, float] = {}  # GPU → board time to switch its rail back on
+        self._jobs = SimJobManager(
+            policy=config.policy,
+            config=config.sim_jobs,
+            estimator_config=ESTIMATOR_PRIOR,
+            store=store,
+            send_checkpoint=lambda gpu, pause_s: self._board.checkpoint(gpu, pause_s),
+            event=lambda kind, severity, text, **data: self._event(kind, Severity(severity), text, **data),
+            spawn=self._spawn,
+        )
+        self._named_jobs: dict[str, tuple[int, int]] = {}  # ground-submitted job → (GPU mask, priority)
+        self._paused_gpus: set[int] = set()
         # Parameters changed by command persist here and win over the config file at start.
         self._params_path = params_path
         if params_path is not None:
@@ -165,6 +179,63 @@ class NodeController:
         except LinkError as exc:
             raise CommandRejected(str(exc), code=Reason.LINK_DOWN) from None
         self._event("board_reset", Severity.WARNING, "board reboot commanded")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._task_group is None:
+            coro.close()
+            return
+        self._task_group.create_task(coro, name="umbra.node.jobs.store")
+
+    def _job_gpus(self, job: str) -> list[int]:
+        info = self._require_board()
+        if job in self._named_jobs:
+            mask = self._named_jobs[job][0]
+            return [g for g in range(info.gpu_count) if mask >> g & 1]
+        if job.startswith("gpu-") and job[4:].isdigit() and int(job[4:]) < info.gpu_count:
+            return [int(job[4:])]  # every GPU runs a job of its own unless ground says otherwise
+        raise CommandRejected(f"no job {job!r}", code=Reason.NOT_FOUND)
+
+    def submit_job(self, job: str, gpus: int, priority: int | None) -> None:
+        info = self._require_board()
+        if gpus >> info.gpu_count:
+            raise CommandRejected(f"GPU mask {gpus:#x} names GPUs the board lacks", code=Reason.OUT_OF_RANGE)
+        self._named_jobs[job] = (gpus, 1 if priority is None else priority)
+        self._apply_weights()
+        self._event("job", Severity.INFO, f"job {job} submitted on GPUs {gpus:#x}", job=job, gpus=gpus)
+
+    def cancel_job(self, job: str) -> None:
+        self._job_gpus(job)
+        if job not in self._named_jobs:
+            raise CommandRejected(f"job {job!r} is the GPU's own; it cannot be cancelled", code=Reason.NOT_ALLOWED)
+        del self._named_jobs[job]
+        self._apply_weights()
+        self._event("job", Severity.INFO, f"job {job} cancelled", job=job)
+
+    def pause_job(self, job: str) -> None:
+        for gpu in self._job_gpus(job):
+            self._jobs.request(gpu, f"job {job} paused")
+            self._paused_gpus.add(gpu)
+        self._event("job", Severity.INFO, f"job {job} paused after a checkpoint", job=job)
+
+    def resume_job(self, job: str) -> None:
+        for gpu in self._job_gpus(job):
+            self._paused_gpus.discard(gpu)
+        self._event("job", Severity.INFO, f"job {job} resumed", job=job)
+
+    def checkpoint_job(self, job: str) -> None:
+        gpus = self._job_gpus(job)
+        if not self._jobs.active:
+            raise CommandRejected("this board keeps no checkpoints", code=Reason.UNSUPPORTED)
+        for gpu in gpus:
+            self._jobs.request(gpu, "ground request")
+
+    def _apply_weights(self) -> None:
+        # Priority 0–100 → allocation weight 1–11: higher priority, more of the budget.
+        self._weights[:] = 1.0
+        for mask, priority in self._named_jobs.values():
+            for gpu in range(len(self._weights)):
+                if mask >> gpu & 1:
+                    self._weights[gpu] = 1.0 + priority / 10.0
 
     def set_hk_rate(self, hz: float) -> None:
         try:
@@ -267,6 +338,8 @@ class NodeController:
             self._announce(transition)
 
     def _announce(self, t: Transition) -> None:
+        if t.after is Mode.SAFE:
+            self._jobs.request(None, "SAFE entered")  # ENTRY_ACTIONS: checkpoint_all
         severity = Severity.WARNING if t.after is Mode.SAFE else Severity.INFO
         self._event(
             "mode",
@@ -301,10 +374,12 @@ class NodeController:
         for gpu, limit in self._cap_limits.items():
             self._limits[gpu] = limit
         self._weights = np.ones(n)
+        self._apply_weights()
         self._flags_seen = np.zeros(n, dtype=np.int64)
         self._temp_est = np.full(n, np.nan)
         self._law.reset(gpu_count=n, cap_min_w=info.cap_min_w, cap_max_w=info.cap_max_w)
         self._fdir.reset()
+        self._jobs.reset(n)
         self._fdir_limits = np.full(n, np.inf)
         self._xid_seen = np.full(n, np.nan)
         self._rail_on_at = {}
@@ -337,6 +412,8 @@ class NodeController:
         started = time.perf_counter()
         self._last = sensor
         limits = np.minimum(self._limits, self._fdir_limits)
+        for gpu in self._paused_gpus:
+            limits[gpu] = info.cap_min_w
         result = self._law.step(sensor, limits_w=limits, weights=self._weights)
         self._caps[:] = result.caps_w
         self._temp_est = result.temp_est_c
@@ -359,6 +436,14 @@ class NodeController:
                 pass  # the link just went down; its event is on the way
         self._budget_w = result.budget_w
         self._run_fdir(sensor, result.sensor_flags, info)
+        p = self._config.control
+        self._jobs.on_frame(
+            sensor,
+            Foresight(
+                hot=self._temp_est > p.limit_c - self._config.sim_jobs.thermal_lead_k,
+                eclipse_in_s=sensor.eclipse_in_s if sensor.eclipse_in_s >= 0.0 else float("nan"),
+            ),
+        )
         if self.mode is not Mode.SAFE:
             self._pick_operating_mode(result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6
@@ -421,6 +506,7 @@ class NodeController:
                 self._rail_on_at[change.index] = sensor.t_board + RAIL_CYCLE_S
         elif change.action is Action.CHECKPOINT:
             self._event("checkpoint_request", Severity.INFO, f"{spec.name}: checkpoint requested", monitor=spec.name)
+            self._jobs.request(None, spec.name)
 
     def _pick_operating_mode(self, thermal_bound: int, power_limited: bool) -> None:
         p = self._config.control

@@ -310,3 +310,33 @@ def test_hil_refuses_link_commands() -> None:
     out = hil.receive(encode_frame(SetCaps(cap_w=(300.0,) * GPUS), 1), wall=0.1)
     assert only(out, Ack) == [Ack(ack_seq=1, status=AckStatus.UNSUPPORTED)]
     assert fw.plant.cap_w.tolist() == [700.0] * GPUS
+
+
+def test_checkpoint_command_pauses_work_then_keeps_progress() -> None:
+    from firmware_sim.firmware import Firmware
+    from firmware_sim.spaceplant import SpacePlant
+    from node.link.messages import Checkpoint
+
+    plant = SpacePlant(seed=3)
+    fw = Firmware(plant=plant, config=FirmwareConfig(board_id="ckpt", watchdog_s=100.0), wall=0.0)
+    fw.receive(encode_frame(Hello("node"), 0), wall=0.0)
+    fw.advance_to(10.0)
+    before = plant.read().progress[2]
+    (ack,) = only(fw.receive(encode_frame(Checkpoint(gpu=2, pause_s=5.0), 1), wall=0.1), Ack)
+    assert ack.status == AckStatus.OK
+    fw.advance_to(13.0)
+    r = plant.read()
+    assert r.progress[2] == before and r.ckpt == 1 << 2  # paused while writing
+    fw.advance_to(16.0)
+    fw.advance_to(20.0)
+    r = plant.read()
+    assert r.saved[2] == before and r.ckpt == 0 and r.progress[2] > before
+
+
+def test_a_plant_without_checkpoints_refuses_them() -> None:
+    from node.link.messages import Checkpoint
+
+    fw = make()
+    fw.receive(encode_frame(Hello("node"), 0), wall=0.0)
+    (ack,) = only(fw.receive(encode_frame(Checkpoint(gpu=0, pause_s=5.0), 1), wall=0.1), Ack)
+    assert ack.status == AckStatus.UNSUPPORTED

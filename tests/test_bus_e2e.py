@@ -125,9 +125,10 @@ async def test_commands_through_mosquitto_to_a_real_node(mosquitto, tmp_path) ->
             assert code == 0, out
             await col.wait_until(lambda: any(isinstance(p[0], Housekeeping) and p[0].mode == "SAFE"
                                              for p in col.seen.values()), 10, "SAFE")
+            # A job the node does not know: refused with its reason, nothing executed.
             code, out = await _cli("send", node_id, "job_cancel", "job=j1", "--mqtt", mq,
                                    "--key-file", str(key_file))
-            assert code == 1 and "UNSUPPORTED" in out, out
+            assert code == 1 and "NOT_FOUND" in out, out
             code, out = await _cli("send", node_id, "set_hk_rate", "hz=2", "--wait", "--at", "+1",
                                    "--mqtt", mq, "--key-file", str(key_file))
             assert code == 0 and out.splitlines()[-1].startswith("completed"), out

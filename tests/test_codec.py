@@ -25,6 +25,7 @@ from node.link.messages import (
     PROTOCOL_VERSION,
     UINT32_MAX,
     Ack,
+    Checkpoint,
     Heartbeat,
     Hello,
     HelloAck,
@@ -32,6 +33,7 @@ from node.link.messages import (
     HilValue,
     MsgType,
     ResetBoard,
+    Restore,
     Sensor,
     SetCaps,
     SetRail,
@@ -104,7 +106,7 @@ def test_round_trip_every_type_example() -> None:
         HilValue("x", NAN, 3),
     ]
     examples.append(HilSet("demand_w", (1.0, 2.0)))
-    examples += [StepDone(12.5), ResetBoard()]
+    examples += [StepDone(12.5), ResetBoard(), Checkpoint(3, 20.0), Restore(3, 1234.5)]
     assert {type(m) for m in examples} == set(MESSAGE_TYPES.values()) - {
         MESSAGE_TYPES[MsgType.HIL_GET]
     }

@@ -31,6 +31,7 @@ from node.link.messages import (
     TEMP_RANGE_C,
     UINT32_MAX,
     Ack,
+    Checkpoint,
     Heartbeat,
     Hello,
     HelloAck,
@@ -39,6 +40,7 @@ from node.link.messages import (
     HilValue,
     Message,
     ResetBoard,
+    Restore,
     Sensor,
     SetCaps,
     SetRail,
@@ -137,6 +139,8 @@ def sensor_extras(draw: st.DrawFn, n: int) -> dict[str, object]:
                  "eclipse_in_s", "sun_in_s"):  # fmt: skip
         extras[name] = draw(st.one_of(st.just(-1.0), floats(0.0, 5000.0)))
     extras["xid"] = draw(st.one_of(st.just(()), st.tuples(*[u32] * n)))
+    extras["saved"] = draw(st.one_of(st.just(()), float_tuples(floats(0.0, 1e18), n)))
+    extras["ckpt"] = draw(u32)
     extras["gpu_ok"] = draw(u32)
     extras["slowdown"] = draw(u32)
     return extras
@@ -155,6 +159,8 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     HilValue: st.builds(HilValue, names, hil_values, u32),
     StepDone: st.builds(StepDone, floats(0.0, 1e10)),
     ResetBoard: st.just(ResetBoard()),
+    Checkpoint: st.builds(Checkpoint, st.integers(0, MAX_GPUS - 1), floats(0.0, 3600.0)),
+    Restore: st.builds(Restore, st.integers(0, MAX_GPUS - 1), floats(0.0, 1e18)),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 wires = st.builds(encode_frame, messages, seqs)

@@ -154,6 +154,10 @@ class NvmlBoard:
             raise CommandRejected("no platform board to reset (fixed profile)", code=Reason.UNSUPPORTED)
         reset()
 
+    def checkpoint(self, gpu: int, pause_s: float) -> None:
+        # Real jobs checkpoint through the process-job protocol (node/jobs/process.py).
+        raise CommandRejected("NVML GPUs have no board-side checkpoints", code=Reason.UNSUPPORTED)
+
     def stats(self) -> dict[str, int]:
         return {**self._counters, **self._platform.stats()}
 

@@ -41,6 +41,8 @@ class MsgType(enum.IntEnum):
     SET_CAPS = 0x20
     SET_RAIL = 0x21
     RESET_BOARD = 0x22
+    CHECKPOINT = 0x23
+    RESTORE = 0x24
     ACK = 0x30
     HIL_SET = 0x40
     HIL_GET = 0x41
@@ -149,13 +151,14 @@ class _FloatList(_Kind):
     lo: float
     hi: float
     allow_nan: bool = False
+    allow_empty: bool = False  # optional per-GPU fields: empty means "not reported"
     name = "array of floats"
 
     def check(self, value: Any) -> str | None:
         if not isinstance(value, tuple):
             return f"expected a tuple of floats, got {type(value).__name__}"
-        if not 1 <= len(value) <= MAX_GPUS:
-            return f"length {len(value)} outside [1, {MAX_GPUS}]"
+        if not (0 if self.allow_empty else 1) <= len(value) <= MAX_GPUS:
+            return f"length {len(value)} outside [{0 if self.allow_empty else 1}, {MAX_GPUS}]"
         for i, item in enumerate(value):
             problem = _check_float(item, self.lo, self.hi, self.allow_nan)
             if problem:
@@ -352,6 +355,8 @@ class Sensor(Message):
         "xid": _IntList(0, UINT32_MAX),
         "gpu_ok": _U32,
         "slowdown": _U32,
+        "saved": _FloatList(0.0, 1e18, allow_empty=True),
+        "ckpt": _U32,
     }
     t_board: float
     utc: float
@@ -376,11 +381,15 @@ class Sensor(Message):
     xid: tuple[int, ...] = ()  # Xid error counter per GPU since board boot (empty: not reported)
     gpu_ok: int = UINT32_MAX  # bit i: GPU i is on the bus (not dropped out)
     slowdown: int = 0  # bit i: GPU i is in hardware thermal slowdown
+    saved: tuple[float, ...] = ()  # progress the last finished checkpoint kept, per GPU (empty: not reported)
+    ckpt: int = 0  # bit i: GPU i is checkpointing (its work paused)
 
     def _check_consistency(self) -> None:
         _same_lengths(self, ("temp_c", "power_w", "cap_w", "progress"))
         if self.xid and len(self.xid) != len(self.temp_c):
             raise LocalProtocolError("Sensor: xid must be empty or have one counter per GPU")
+        if self.saved and len(self.saved) != len(self.temp_c):
+            raise LocalProtocolError("Sensor: saved must be empty or have one value per GPU")
 
     @property
     def gpu_count(self) -> int:
@@ -424,6 +433,39 @@ class ResetBoard(Message):
 
     def supersede_key(self) -> object | None:
         return MsgType.RESET_BOARD
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint(Message):
+    """Node → board: checkpoint GPU ``gpu``'s job.  Reliable.
+
+    The board pauses that GPU's work for ``pause_s`` board seconds (the time to write the
+    checkpoint: its size over the storage bandwidth) and, if no work was lost meanwhile,
+    keeps the progress it had when the pause began (SENSOR ``saved``).
+    """
+
+    TYPE = MsgType.CHECKPOINT
+    RELIABLE = True
+    FIELDS = {"gpu": _Int(0, MAX_GPUS - 1), "pause_s": _Float(0.0, 3600.0)}
+    gpu: int
+    pause_s: float
+
+    def supersede_key(self) -> object | None:
+        return (MsgType.CHECKPOINT, self.gpu)
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Message):
+    """Node → board: GPU ``gpu``'s job resumes from ``progress`` (a verified checkpoint).  Reliable."""
+
+    TYPE = MsgType.RESTORE
+    RELIABLE = True
+    FIELDS = {"gpu": _Int(0, MAX_GPUS - 1), "progress": _Float(0.0, 1e18)}
+    gpu: int
+    progress: float
+
+    def supersede_key(self) -> object | None:
+        return (MsgType.RESTORE, self.gpu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,7 +515,8 @@ class HilValue(Message):
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, HelloAck, Heartbeat, StepDone, Sensor, SetCaps, SetRail, ResetBoard, Ack,
+        Hello, HelloAck, Heartbeat, StepDone, Sensor, SetCaps, SetRail, ResetBoard, Checkpoint,
+        Restore, Ack,
         HilSet, HilGet, HilValue,
     )
 }

@@ -29,6 +29,7 @@ from node.link.codec import FrameDecoder
 from node.link.messages import (
     SUPPORTED_VERSIONS,
     AckStatus,
+    Checkpoint,
     Heartbeat,
     Hello,
     HelloAck,
@@ -140,6 +141,9 @@ class SerialBoard:
 
     def reset_board(self) -> None:
         self._send(ResetBoard())
+
+    def checkpoint(self, gpu: int, pause_s: float) -> None:
+        self._send(Checkpoint(gpu=gpu, pause_s=pause_s))
 
     def stats(self) -> dict[str, int]:
         return {

@@ -1,0 +1,248 @@
+"""Jobs on simulated GPUs: when to checkpoint, and what a loss cost.
+
+One job per GPU (``gpu-<i>``).  The board reports each GPU's progress and what its last
+finished checkpoint kept (SENSOR ``progress``, ``saved``, ``ckpt``); a checkpoint is the
+node's CHECKPOINT command, which pauses that GPU's work for the time the checkpoint takes
+(modelled state size over storage bandwidth), and the node writes real bytes of the
+configured size into its checkpoint store when the board reports it finished.
+
+Policies:
+
+* ``umbra`` — Daly's interval from the measured cost and the observed fault rate, plus
+  checkpoints ahead of foreseeable losses: a GPU heading for its thermal limit, an
+  eclipse about to start, SAFE being entered, FDIR's battery warning, ground's request.
+* ``baseline`` — a fixed 30-minute interval and no foresight.
+
+A loss shows as progress falling back to ``saved``; it counts as a fault for the
+estimator and its size as lost work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from node.errors import ConfigError, LinkError
+from node.jobs.errors import CheckpointError
+from node.jobs.policy import IntervalEstimator, PolicyConfig
+from node.jobs.store import AsyncCheckpointStore
+from node.link.messages import Sensor
+
+log = logging.getLogger("umbra.node.jobs")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimJobConfig:
+    #: Modelled job state per GPU: ~16 B/parameter for a 2.5 B-parameter model (PHYSICS.md).
+    state_bytes: float = 40e9
+    #: Storage bandwidth the checkpoint is written at (NVMe: 3–7 GB/s; flight storage less).
+    bandwidth_bytes_per_s: float = 2e9
+    #: Bytes actually written to the store per checkpoint (a scaled-down stand-in).
+    store_bytes: int = 1 << 20
+    #: The baseline's fixed interval.
+    fixed_interval_s: float = 1800.0
+    #: Checkpoint when a GPU's estimate is this close to the thermal limit.
+    thermal_lead_k: float = 1.0
+    #: Checkpoint when an eclipse starts within this many board seconds.
+    eclipse_lead_s: float = 90.0
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (
+            ("state_bytes", 1.0, 1e15),
+            ("bandwidth_bytes_per_s", 1e3, 1e13),
+            ("store_bytes", 1, 1 << 34),
+            ("fixed_interval_s", 1.0, 1e6),
+            ("thermal_lead_k", 0.0, 50.0),
+            ("eclipse_lead_s", 0.0, 3600.0),
+        ):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ConfigError(f"jobs.{name} = {value!r} outside [{lo}, {hi}]", key=f"jobs.{name}")
+
+    @property
+    def pause_s(self) -> float:
+        return self.state_bytes / self.bandwidth_bytes_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class Foresight:
+    """What the controller knows this frame that makes a loss foreseeable."""
+
+    hot: np.ndarray  # per GPU: estimate within thermal_lead_k of the limit
+    eclipse_in_s: float  # NaN when unknown
+
+
+class SimJobManager:
+    def __init__(
+        self,
+        *,
+        policy: str,
+        config: SimJobConfig,
+        estimator_config: PolicyConfig,
+        store: AsyncCheckpointStore | None,
+        send_checkpoint: Callable[[int, float], None],
+        event: Callable[..., None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], Any],
+    ) -> None:
+        self.policy = policy
+        self.config = config
+        self._store = store
+        self._send_checkpoint = send_checkpoint
+        self._event = event
+        self._spawn = spawn
+        self._t = 0.0
+        self.estimator = IntervalEstimator(estimator_config, clock=lambda: self._t)
+        self.active = False
+        self._n = 0
+
+    def reset(self, gpu_count: int) -> None:
+        n = self._n = gpu_count
+        self._last_ckpt = np.full(n, math.nan)  # board time of the last finished checkpoint
+        self._in_flight = np.full(n, math.nan)  # board time a requested checkpoint began
+        self._want = np.zeros(n, dtype=bool)  # foreseen or requested, not yet started
+        self._reason = [""] * n
+        self._progress = np.full(n, math.nan)
+        self._saved = np.full(n, math.nan)
+        self.lost = np.zeros(n)  # work lost, as the node saw it
+        self.checkpoints = np.zeros(n, dtype=np.int64)
+        self.overhead_s = np.zeros(n)
+        self._eclipse_armed = True
+
+    # --- requests -------------------------------------------------------------------------
+
+    def request(self, gpu: int | None, reason: str) -> None:
+        """Checkpoint ``gpu`` (None: every GPU) at the next frame."""
+        if not self.active:
+            return
+        for i in range(self._n) if gpu is None else (gpu,):
+            if not self._want[i]:
+                self._want[i] = True
+                self._reason[i] = reason
+
+    # --- per frame ------------------------------------------------------------------------
+
+    def on_frame(self, sensor: Sensor, foresight: Foresight) -> None:
+        if not sensor.saved or len(sensor.saved) != self._n:
+            self.active = False  # the board keeps no checkpoints (first-order model, NVML)
+            return
+        self.active = True
+        self._t = t = sensor.t_board
+        progress = np.asarray(sensor.progress)
+        saved = np.asarray(sensor.saved)
+        if np.isnan(self._last_ckpt).all() and np.isnan(self._progress).all():
+            self._last_ckpt[:] = t  # the job starts now: its first interval runs from here
+        self._detect_losses(progress, saved)
+        self._detect_finished(sensor, saved, t)
+        self._progress[:] = progress
+        self._saved[:] = saved
+        self._decide(sensor, foresight, t)
+
+    def _detect_losses(self, progress: np.ndarray, saved: np.ndarray) -> None:
+        known = ~np.isnan(self._progress)
+        dropped = known & (progress < self._progress - 1e-9)
+        for gpu in np.flatnonzero(dropped):
+            lost = float(self._progress[gpu] - progress[gpu])
+            self.lost[gpu] += lost
+            self.estimator.observe_fault()
+            self._event("work_lost", 2, f"GPU {gpu} lost {lost:.1f} work units since its last checkpoint",
+                        gpu=int(gpu), lost=lost)
+
+    def _detect_finished(self, sensor: Sensor, saved: np.ndarray, t: float) -> None:
+        for gpu in np.flatnonzero(~np.isnan(self._in_flight)):
+            if (sensor.ckpt >> int(gpu)) & 1:
+                continue  # still writing
+            began = float(self._in_flight[gpu])
+            self._in_flight[gpu] = math.nan
+            if saved[gpu] > self._saved[gpu] or (saved[gpu] == self._saved[gpu] and t - began >= self.config.pause_s):
+                cost = t - began
+                self._last_ckpt[gpu] = t
+                self.checkpoints[gpu] += 1
+                self.overhead_s[gpu] += cost
+                self.estimator.observe_checkpoint(cost)
+                self._commit(int(gpu), float(saved[gpu]), t)
+            else:
+                self._event("checkpoint_failed", 2, f"GPU {gpu} checkpoint failed: work was lost during it",
+                            gpu=int(gpu))
+
+    def _commit(self, gpu: int, progress: float, t: float) -> None:
+        if self._store is None:
+            return
+        store = self._store
+        payload = _state_bytes(gpu, progress, self.config.store_bytes)
+
+        async def write() -> None:
+            try:
+                await store.write(f"gpu-{gpu}", payload, progress=progress, meta={"t_board": t, "gpu": gpu})
+            except (CheckpointError, OSError) as exc:
+                self._event("checkpoint_store_failed", 3, f"GPU {gpu}: storing its checkpoint failed: {exc}",
+                            gpu=gpu)
+
+        self._spawn(write())
+
+    def _decide(self, sensor: Sensor, foresight: Foresight, t: float) -> None:
+        cfg = self.config
+        if self.policy == "umbra":
+            ecl = foresight.eclipse_in_s
+            if ecl == ecl and 0.0 < ecl <= cfg.eclipse_lead_s + cfg.pause_s:
+                if self._eclipse_armed:
+                    self.request(None, "eclipse ahead")
+                    self._eclipse_armed = False
+            else:
+                self._eclipse_armed = True
+            for hot in np.flatnonzero(foresight.hot):
+                self.request(int(hot), "heading for the thermal limit")
+            interval = self.estimator.interval_s()
+        else:
+            interval = cfg.fixed_interval_s
+            self._want[:] = False  # the baseline has no foresight and takes no requests
+        for gpu in range(self._n):
+            if not math.isnan(float(self._in_flight[gpu])):
+                continue
+            on = (sensor.rails >> gpu) & 1 and (sensor.gpu_ok >> gpu) & 1
+            if not on:
+                continue
+            since = t - self._last_ckpt[gpu]
+            due = since >= interval
+            # Foresight is worth a checkpoint only when there is work to keep.
+            foreseen = self._want[gpu] and since >= 2.0 * cfg.pause_s
+            if due or foreseen:
+                reason = "interval" if due else self._reason[gpu]
+                self._start(gpu, t, reason)
+
+    def _start(self, gpu: int, t: float, reason: str) -> None:
+        try:
+            self._send_checkpoint(gpu, self.config.pause_s)
+        except LinkError:
+            return
+        self._in_flight[gpu] = t
+        self._want[gpu] = False
+        log.info("checkpoint GPU %d (%s)", gpu, reason)
+
+    def telemetry(self) -> dict[str, Any]:
+        if not self.active:
+            return {}
+        est = self.estimator.estimate()
+        return {
+            "saved": [float(x) for x in np.nan_to_num(self._saved)],
+            "lost": [float(x) for x in self.lost],
+            "checkpoints": [int(x) for x in self.checkpoints],
+            "overhead_s": [float(x) for x in self.overhead_s],
+            "interval_s": est.interval_s,
+            "mtbf_s": est.mtbf_s,
+            "cost_s": est.cost_s,
+        }
+
+
+def _state_bytes(gpu: int, progress: float, size: int) -> bytes:
+    """Deterministic stand-in for a job's state: its identity and progress, padded."""
+    head = f"umbra simulated job gpu-{gpu} progress {progress!r}\n".encode()
+    return (head * (size // len(head) + 1))[:size]
+
+
+#: The estimator's prior: the first measured cost replaces the prior cost.
+ESTIMATOR_PRIOR = PolicyConfig(prior_cost_s=20.0, prior_mtbf_s=6 * 3600.0, min_interval_s=120.0)
