@@ -10,7 +10,10 @@ SRC = node ground hil firmware_sim
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo mosquitto test check bench clean
+.PHONY: help install demo mosquitto ground-deps test check bench clean
+
+# Playwright drives Debian's chromium (ground-deps); it must never fetch a browser itself.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 help:
 	@echo "make install     create $(VENV) (if missing) and pip install -e '.[dev]'"
@@ -19,6 +22,7 @@ help:
 	@echo "make check       ruff and mypy on $(SRC)"
 	@echo "make bench       run the benchmarks"
 	@echo "make mosquitto   make sure the mosquitto broker is installed"
+	@echo "make ground-deps make sure chromium and postgresql (ground tests) are installed"
 	@echo "make clean       remove caches (keeps $(VENV))"
 
 # The stamp is newer than pyproject.toml once its dependencies are installed.
@@ -46,9 +50,27 @@ mosquitto:
 		exit 1; \
 	fi
 
+# The ground tests need a browser (console test, Playwright) and PostgreSQL binaries (fleet
+# test; it starts its own cluster with initdb).  A system PostgreSQL service the package may
+# start is left alone: it is not ours.
+ground-deps:
+	@missing=""; \
+	{ command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium; } || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then \
+		echo "chromium, postgresql: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing with apt-get:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	else \
+		echo "missing:$$missing; run: sudo apt-get install$$missing" >&2; \
+		exit 1; \
+	fi
+
 # Second pass: the numba kernels again with the JIT off, so coverage sees inside them.
 # pytest exits 5 when nothing is collected, which only means no `kernels` tests yet.
-test: $(VENV)/.installed mosquitto
+test: $(VENV)/.installed mosquitto ground-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	@rc=0; NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q $(PYTEST_ARGS) -m kernels || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests marked 'kernels': NUMBA_DISABLE_JIT pass skipped"; rc=0; fi; \

@@ -3,6 +3,7 @@
 umbra-ground tail [--node ID] [--mqtt HOST:PORT] [--json] [--count N] [--timeout S]
 umbra-ground send NODE COMMAND [key=value ...] [--wait] [--mqtt HOST:PORT] [--key-file F]
 umbra-ground broker-files DIR --node ID [--node ID ...]
+umbra-ground serve | ingest | events | query | export   (ground/query.py, docs/ground.md)
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tls-port", type=int, default=8883)
     b.set_defaults(func=_cmd_broker_files)
 
+    from ground.query import add_subcommands  # serve, ingest, events, query, export
+
+    add_subcommands(sub)
     return parser
 
 

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gpus", type=int, default=8, help="GPUs on the simulated board (default 8)")
     demo.add_argument("--speed", type=float, default=1.0, help="board time per wall second (default 1)")
     demo.add_argument("--node-id", default="node-1")
+    demo.add_argument("--console", type=parse_hostport, default=("127.0.0.1", 8080), metavar="HOST:PORT",
+                      help="serve the operator console here (default 127.0.0.1:8080; a free port if taken)")
+    demo.add_argument("--no-console", action="store_true", help="status line only, no web console")
     return p
 
 
@@ -46,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return asyncio.run(
             run_demo(duration=args.duration, mqtt=args.mqtt, gpus=args.gpus, speed=args.speed,
-                     node_id=args.node_id)
+                     node_id=args.node_id, console=None if args.no_console else args.console)
         )
     return EXIT_USAGE
 

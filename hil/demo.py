@@ -111,6 +111,7 @@ async def run_demo(
     speed: float,
     node_id: str = "node-1",
     out: TextIO = sys.stdout,
+    console: tuple[str, int] | None = ("127.0.0.1", 8080),
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,8 +127,16 @@ async def run_demo(
         else:
             host, port = mqtt
             print(f"umbra-hil demo: using MQTT broker mqtt://{host}:{port}", file=out, flush=True)
+        node_args: tuple[str, ...] = ()
+        if console is not None:  # the console signs commands with a key made for this run
+            from node.bus import signing
+
+            key_file = workdir / "tc-keys.json"
+            signing.write_keys(key_file, {node_id: signing.new_key()})
+            node_args = ("--tc-key-file", str(key_file))
         bench = LocalBench(
-            workdir=workdir, mqtt_host=host, mqtt_port=port, node_id=node_id, gpus=gpus, speed=speed
+            workdir=workdir, mqtt_host=host, mqtt_port=port, node_id=node_id, gpus=gpus, speed=speed,
+            node_args=node_args,
         )
         print(f"umbra-hil demo: starting board ({gpus} GPUs, {speed:g}x) and node {node_id} …",
               file=out, flush=True)
@@ -136,6 +145,14 @@ async def run_demo(
         pids = f"board pid {bench.board.pid if bench.board else '?'}, node pid {bench.node.pid if bench.node else '?'}"
         print(f"umbra-hil demo: running ({pids}); logs in {bench.log_dir}; Ctrl-C to stop",
               file=out, flush=True)
+        if console is not None:
+            from ground.web.app import ConsoleConfig, open_console
+
+            web = await open_console(stack, ConsoleConfig(
+                mqtt_host=host, mqtt_port=port, http_host=console[0], http_port=console[1],
+                archive=str(workdir / "archive.sqlite"), key_file=str(workdir / "tc-keys.json")))
+            print(f"umbra-hil demo: operator console on {web.url}  (log in as demo / demo)",
+                  file=out, flush=True)
         view = NodeView()
         hil = await stack.enter_async_context(HilClient(port=str(bench.hil_path)))
         started = time.monotonic()

@@ -1,0 +1,479 @@
+"""The telemetry archive: every packet from every node, stored once, gaps recorded.
+
+One class, two engines: SQLite (the default, one file under ``./var/`` in WAL mode) and
+PostgreSQL (``postgresql://…``, psycopg 3) for a fleet with several ingest workers.  The
+schema is the same in both and documented in docs/ground.md.
+
+- ``packets`` is the de-duplication ledger: primary key (node, seq).  A packet is stored
+  with ``INSERT … ON CONFLICT DO NOTHING``; only when that inserted a row does its body go
+  to ``hk``, ``events`` or ``tc_reports``.  So a packet sent twice (a lost PUBACK, §5.5 of
+  the ICD) or received by two workers is stored exactly once, on either engine.
+- ``gaps`` holds the open ranges of missing sequence numbers per node.  The node's row in
+  ``nodes`` (its high-water mark) is locked for the batch (``FOR UPDATE`` on PostgreSQL;
+  SQLite has one writer), so concurrent workers agree.  A late packet (the node's backlog
+  after an outage) closes or splits the gap it falls in.
+- ``alarms`` latch limit violations (ground/limits.py) until an operator acknowledges.
+- ``commands`` is ground's history of telecommands sent, by whom; their verification
+  stages are the ``tc_reports`` rows with the same (node, id).
+
+Writes come in batches, one transaction each: a batch is either all stored or not at
+all, and a committed batch survives the process being killed (WAL, synchronous=NORMAL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ground.limits import Level, limit_for, violations
+from node.bus.payloads import Event, Housekeeping, NodeState, TcReport, Telecommand
+from node.errors import ConfigError
+
+log = logging.getLogger("umbra.ground.archive")
+
+DEFAULT_SQLITE = Path("var") / "umbra-archive.sqlite"
+SCHEMA_VERSION = 1
+
+Packet = Housekeeping | Event | TcReport
+Storable = Housekeeping | Event | TcReport | NodeState
+
+HK_SCALARS = ("t_board", "solar_w", "battery_soc", "radiator_c", "board_flags", "control_us")
+HK_ARRAYS = ("temp_c", "power_w", "cap_w", "progress")
+
+# Types are written the PostgreSQL way; SQLite accepts them by affinity.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packets (
+    node TEXT NOT NULL, seq BIGINT NOT NULL, leaf TEXT NOT NULL,
+    utc DOUBLE PRECISION NOT NULL, received DOUBLE PRECISION NOT NULL,
+    historical SMALLINT NOT NULL, worker TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (node, seq));
+CREATE TABLE IF NOT EXISTS hk (
+    node TEXT NOT NULL, seq BIGINT NOT NULL, utc DOUBLE PRECISION NOT NULL,
+    t_board DOUBLE PRECISION, mode TEXT, link_up SMALLINT,
+    temp_c TEXT, power_w TEXT, cap_w TEXT, progress TEXT,
+    solar_w DOUBLE PRECISION, battery_soc DOUBLE PRECISION, radiator_c DOUBLE PRECISION,
+    board_flags BIGINT, control_us DOUBLE PRECISION,
+    PRIMARY KEY (node, seq));
+CREATE INDEX IF NOT EXISTS hk_node_utc ON hk (node, utc);
+CREATE TABLE IF NOT EXISTS events (
+    node TEXT NOT NULL, seq BIGINT NOT NULL, utc DOUBLE PRECISION NOT NULL,
+    t_board DOUBLE PRECISION, kind TEXT NOT NULL, severity SMALLINT NOT NULL,
+    text TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (node, seq));
+CREATE INDEX IF NOT EXISTS events_utc ON events (utc);
+CREATE INDEX IF NOT EXISTS events_node_utc ON events (node, utc);
+CREATE TABLE IF NOT EXISTS tc_reports (
+    node TEXT NOT NULL, seq BIGINT NOT NULL, utc DOUBLE PRECISION NOT NULL,
+    id TEXT NOT NULL, counter BIGINT NOT NULL, name TEXT NOT NULL, stage TEXT NOT NULL,
+    code SMALLINT NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL, text TEXT NOT NULL,
+    data TEXT NOT NULL, duplicate SMALLINT NOT NULL,
+    PRIMARY KEY (node, seq));
+CREATE INDEX IF NOT EXISTS tc_reports_id ON tc_reports (node, id);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, online SMALLINT, boot_id TEXT, version TEXT, dict_hash TEXT,
+    state_utc DOUBLE PRECISION, last_contact DOUBLE PRECISION, max_seq BIGINT,
+    packets BIGINT NOT NULL DEFAULT 0, duplicates BIGINT NOT NULL DEFAULT 0,
+    mode TEXT, hk_utc DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS gaps (
+    node TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+    opened DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (node, first_seq));
+CREATE TABLE IF NOT EXISTS alarms (
+    node TEXT NOT NULL, channel TEXT NOT NULL, level SMALLINT NOT NULL,
+    worst SMALLINT NOT NULL, value DOUBLE PRECISION, first_utc DOUBLE PRECISION NOT NULL,
+    last_utc DOUBLE PRECISION NOT NULL, active SMALLINT NOT NULL,
+    acked_by TEXT, acked_at DOUBLE PRECISION,
+    PRIMARY KEY (node, channel));
+CREATE TABLE IF NOT EXISTS commands (
+    node TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
+    counter BIGINT NOT NULL, operator TEXT NOT NULL, sent DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (node, id));
+CREATE INDEX IF NOT EXISTS commands_sent ON commands (sent);
+"""
+
+
+def _json(value: Any) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, bytes):
+            return v.hex()
+        return v
+
+    return json.dumps(clean(value), separators=(",", ":"))
+
+
+@dataclass
+class StoreResult:
+    """What one batch did: packets stored, duplicates skipped, gaps opened."""
+
+    stored: int = 0
+    duplicates: int = 0
+    states: int = 0
+    gaps_opened: int = 0
+    stored_keys: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+class Archive:
+    """Thread-safe; every method is synchronous (call through ``asyncio.to_thread``)."""
+
+    def __init__(self, url: str | Path | None = None, *, worker: str = "") -> None:
+        text = str(url) if url is not None else str(DEFAULT_SQLITE)
+        self.url = text
+        self.worker = worker
+        self.postgres = _is_postgres(text)
+        self._lock = threading.RLock()
+        self._conn: Any
+        if self.postgres:
+            try:
+                import psycopg
+            except ImportError as exc:  # pragma: no cover - a dependency of the package
+                raise ConfigError("PostgreSQL archive needs psycopg: pip install 'psycopg[binary]'") from exc
+            self._conn = psycopg.connect(text)
+            self.path: Path | None = None
+        else:
+            path = Path(text.removeprefix("sqlite:///").removeprefix("sqlite://"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.path = path
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                         timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=OFF")
+        self._create()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(sql), params)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            if self.postgres:
+                with self._conn.transaction():
+                    yield
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._exec(sql, params)
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            if self.postgres:
+                self._conn.commit()  # end the read transaction psycopg opened
+            return rows
+
+    def _create(self) -> None:
+        with self._tx():
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    self._exec(stmt)
+            self._exec(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def store(self, items: Iterable[Storable], *, received: float | None = None) -> StoreResult:
+        """Store a batch in one transaction; duplicates (by node, seq) are skipped."""
+        received = time.time() if received is None else received
+        batch = list(items)
+        result = StoreResult()
+        nodes = sorted({p.node_id for p in batch})
+        with self._tx():
+            high: dict[str, int | None] = {}
+            for node in nodes:  # lock in a fixed order so that two workers cannot deadlock
+                self._exec("INSERT INTO nodes (node) VALUES (?) ON CONFLICT DO NOTHING", (node,))
+                lock = " FOR UPDATE" if self.postgres else ""
+                row = self._exec(f"SELECT max_seq FROM nodes WHERE node = ?{lock}", (node,)).fetchone()
+                high[node] = row[0]
+            counts: dict[str, list[int]] = {n: [0, 0] for n in nodes}
+            last_contact: dict[str, float] = {}
+            for p in batch:
+                if isinstance(p, NodeState):
+                    self._store_state(p)
+                    result.states += 1
+                    continue
+                last_contact[p.node_id] = received
+                cur = self._exec(
+                    "INSERT INTO packets (node, seq, leaf, utc, received, historical, worker) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (p.node_id, p.seq, p.LEAF.value, p.utc, received, int(p.historical), self.worker),
+                )
+                if cur.rowcount != 1:
+                    result.duplicates += 1
+                    counts[p.node_id][1] += 1
+                    continue
+                result.stored += 1
+                result.stored_keys.append((p.node_id, p.seq))
+                counts[p.node_id][0] += 1
+                self._store_body(p)
+                result.gaps_opened += self._track_seq(p.node_id, p.seq, high, received)
+            for node in nodes:
+                stored, dups = counts[node]
+                self._exec(
+                    "UPDATE nodes SET max_seq = ?, packets = packets + ?, duplicates = duplicates + ?,"
+                    " last_contact = COALESCE(?, last_contact) WHERE node = ?",
+                    (high[node], stored, dups, last_contact.get(node), node),
+                )
+        return result
+
+    def _track_seq(self, node: str, seq: int, high: dict[str, int | None], now: float) -> int:
+        top = high[node]
+        if top is None:
+            high[node] = seq  # ground's first packet from this node: no gap before it
+            return 0
+        if seq > top + 1:
+            self._exec("INSERT INTO gaps (node, first_seq, last_seq, opened) VALUES (?, ?, ?, ?)",
+                       (node, top + 1, seq - 1, now))
+            high[node] = seq
+            return 1
+        if seq == top + 1:
+            high[node] = seq
+            return 0
+        row = self._exec(
+            "SELECT first_seq, last_seq, opened FROM gaps WHERE node = ? AND first_seq <= ? "
+            "AND last_seq >= ?", (node, seq, seq)).fetchone()
+        if row is not None:  # a late packet: close or split the gap it falls in
+            first, last, opened = row
+            self._exec("DELETE FROM gaps WHERE node = ? AND first_seq = ?", (node, first))
+            if first <= seq - 1:
+                self._exec("INSERT INTO gaps (node, first_seq, last_seq, opened) VALUES (?, ?, ?, ?)",
+                           (node, first, seq - 1, opened))
+            if seq + 1 <= last:
+                self._exec("INSERT INTO gaps (node, first_seq, last_seq, opened) VALUES (?, ?, ?, ?)",
+                           (node, seq + 1, last, opened))
+        return 0
+
+    def _store_body(self, p: Packet) -> None:
+        if isinstance(p, Housekeeping):
+            self._exec(
+                "INSERT INTO hk (node, seq, utc, t_board, mode, link_up, temp_c, power_w, cap_w,"
+                " progress, solar_w, battery_soc, radiator_c, board_flags, control_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.node_id, p.seq, p.utc, p.t_board, p.mode, int(p.link_up), _json(p.temp_c),
+                 _json(p.power_w), _json(p.cap_w), _json(p.progress), p.solar_w, p.battery_soc,
+                 p.radiator_c, p.board_flags, p.control_us),
+            )
+            self._exec(
+                "UPDATE nodes SET mode = ?, hk_utc = ? WHERE node = ? AND (hk_utc IS NULL OR hk_utc <= ?)",
+                (p.mode, p.utc, p.node_id, p.utc),
+            )
+            self._update_alarms(p)
+        elif isinstance(p, Event):
+            self._exec(
+                "INSERT INTO events (node, seq, utc, t_board, kind, severity, text, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.node_id, p.seq, p.utc, p.t_board, p.kind, p.severity, p.text, _json(p.data)),
+            )
+        else:
+            self._exec(
+                "INSERT INTO tc_reports (node, seq, utc, id, counter, name, stage, code, reason,"
+                " at, text, data, duplicate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.node_id, p.seq, p.utc, p.id, p.counter, p.name, p.stage, p.code, p.reason,
+                 p.at, p.text, _json(p.data), int(p.duplicate)),
+            )
+
+    def _update_alarms(self, hk: Housekeeping) -> None:
+        bad = list(violations(hk))
+        # A new violation of an acknowledged, cleared alarm starts a new alarm.
+        fresh = "(alarms.acked_at IS NOT NULL AND alarms.active = 0)"
+        for channel, level, value in bad:
+            self._exec(
+                "INSERT INTO alarms (node, channel, level, worst, value, first_utc, last_utc, active)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (node, channel) DO UPDATE SET"
+                f" first_utc = CASE WHEN {fresh} THEN excluded.first_utc ELSE alarms.first_utc END,"
+                f" worst = CASE WHEN {fresh} OR excluded.worst > alarms.worst THEN excluded.worst"
+                " ELSE alarms.worst END,"
+                f" acked_by = CASE WHEN {fresh} THEN NULL ELSE alarms.acked_by END,"
+                f" acked_at = CASE WHEN {fresh} THEN NULL ELSE alarms.acked_at END,"
+                " level = excluded.level, value = excluded.value, last_utc = excluded.last_utc,"
+                " active = 1",
+                (hk.node_id, channel, int(level), int(level), value, hk.utc, hk.utc),
+            )
+        if not hk.historical:  # only the present clears an alarm's "active"
+            names = [c for c, _, _ in bad]
+            marks = ", ".join("?" for _ in names)
+            where = f" AND channel NOT IN ({marks})" if names else ""
+            self._exec(f"UPDATE alarms SET active = 0, level = 0 WHERE node = ? AND active = 1{where}",
+                       (hk.node_id, *names))
+
+    def _store_state(self, s: NodeState) -> None:
+        self._exec(
+            "INSERT INTO nodes (node, online, boot_id, version, dict_hash, state_utc)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET online = excluded.online,"
+            " boot_id = excluded.boot_id, version = excluded.version,"
+            " dict_hash = excluded.dict_hash, state_utc = excluded.state_utc"
+            " WHERE nodes.state_utc IS NULL OR nodes.state_utc <= excluded.state_utc",
+            (s.node_id, int(s.online), s.boot_id, s.version, s.dict_hash, s.utc),
+        )
+
+    def record_command(self, tc: Telecommand, operator: str, status: str = "sent") -> None:
+        now = time.time()
+        with self._tx():
+            self._exec(
+                "INSERT INTO commands (node, id, name, args, counter, operator, sent, status, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, id) DO UPDATE SET"
+                " status = excluded.status, updated = excluded.updated",
+                (tc.node_id, tc.id, tc.name, _json(tc.args), tc.counter, operator, now, status, now),
+            )
+
+    def set_command_status(self, node: str, command_id: str, status: str) -> None:
+        with self._tx():
+            self._exec("UPDATE commands SET status = ?, updated = ? WHERE node = ? AND id = ?",
+                       (status, time.time(), node, command_id))
+
+    def ack_alarm(self, node: str, channel: str, operator: str) -> bool:
+        with self._tx():
+            cur = self._exec(
+                "UPDATE alarms SET acked_by = ?, acked_at = ? WHERE node = ? AND channel = ?"
+                " AND acked_at IS NULL", (operator, time.time(), node, channel))
+            return bool(cur.rowcount)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM nodes ORDER BY node")
+
+    def node(self, node: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM nodes WHERE node = ?", (node,))
+        return rows[0] if rows else None
+
+    def hk(self, node: str, since: float | None = None, until: float | None = None,
+           limit: int = 100_000) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT * FROM hk WHERE node = ? AND utc >= ? AND utc <= ? ORDER BY utc, seq LIMIT ?",
+            (node, since if since is not None else -1e18, until if until is not None else 1e18, limit))
+        for r in rows:
+            for name in HK_ARRAYS:
+                r[name] = json.loads(r[name]) if r[name] else []
+            r["link_up"] = bool(r["link_up"])
+        return rows
+
+    def latest_hk(self, node: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM hk WHERE node = ? ORDER BY utc DESC, seq DESC LIMIT 1", (node,))
+        if not rows:
+            return None
+        for name in HK_ARRAYS:
+            rows[0][name] = json.loads(rows[0][name]) if rows[0][name] else []
+        return rows[0]
+
+    def events(self, node: str | None = None, *, min_severity: int = 0, search: str = "",
+               since: float | None = None, until: float | None = None,
+               limit: int = 500) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE severity >= ? AND utc >= ? AND utc <= ?"
+        params: list[Any] = [min_severity, since if since is not None else -1e18,
+                             until if until is not None else 1e18]
+        if node:
+            sql += " AND node = ?"
+            params.append(node)
+        if search:
+            sql += " AND (LOWER(text) LIKE ? OR LOWER(kind) LIKE ?)"
+            params += [f"%{search.lower()}%"] * 2
+        sql += " ORDER BY utc DESC, seq DESC LIMIT ?"
+        params.append(limit)
+        rows = self._rows(sql, params)
+        for r in rows:
+            r["data"] = json.loads(r["data"])
+        return rows
+
+    def commands(self, node: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Commands sent, newest first, each with ``stages``: its verification reports."""
+        if node:
+            cmds = self._rows("SELECT * FROM commands WHERE node = ? ORDER BY sent DESC LIMIT ?",
+                              (node, limit))
+        else:
+            cmds = self._rows("SELECT * FROM commands ORDER BY sent DESC LIMIT ?", (limit,))
+        for c in cmds:
+            c["args"] = json.loads(c["args"])
+            reports = self._rows(
+                "SELECT stage, code, reason, at, text, data, utc, duplicate FROM tc_reports"
+                " WHERE node = ? AND id = ? ORDER BY seq", (c["node"], c["id"]))
+            for r in reports:
+                r["data"] = json.loads(r["data"])
+            c["stages"] = reports
+        return cmds
+
+    def alarms(self, *, include_acked: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_acked else " WHERE acked_at IS NULL OR active = 1"
+        return self._rows(f"SELECT * FROM alarms{where} ORDER BY worst DESC, node, channel")
+
+    def gaps(self, node: str | None = None) -> list[dict[str, Any]]:
+        if node:
+            return self._rows("SELECT * FROM gaps WHERE node = ? ORDER BY first_seq", (node,))
+        return self._rows("SELECT * FROM gaps ORDER BY node, first_seq")
+
+    def packet_count(self, node: str | None = None) -> int:
+        rows = self._rows("SELECT COUNT(*) AS n FROM packets" + (" WHERE node = ?" if node else ""),
+                          (node,) if node else ())
+        return int(rows[0]["n"])
+
+    def query(self, channel: str, node: str, since: float | None = None,
+              until: float | None = None) -> list[tuple[float, int, float | None]]:
+        """(utc, seq, value) of one housekeeping channel: a scalar (``battery_soc``) or one
+        element of a GPU array (``temp_c[2]``)."""
+        name, _, rest = channel.partition("[")
+        index = None
+        if rest:
+            if not rest.endswith("]") or not rest[:-1].isdigit():
+                raise ValueError(f"channel {channel!r}: write GPU channels as NAME[INDEX]")
+            index = int(rest[:-1])
+        if name not in HK_SCALARS + HK_ARRAYS:
+            known = ", ".join(HK_SCALARS) + ", " + ", ".join(f"{a}[i]" for a in HK_ARRAYS)
+            raise ValueError(f"unknown channel {channel!r}; known: {known}")
+        if name in HK_ARRAYS and index is None:
+            raise ValueError(f"channel {name!r} is per GPU: write {name}[INDEX]")
+        out: list[tuple[float, int, float | None]] = []
+        for r in self.hk(node, since, until):
+            if index is None:
+                out.append((r["utc"], r["seq"], r[name]))
+            else:
+                arr = r[name]
+                out.append((r["utc"], r["seq"], arr[index] if index < len(arr) else None))
+        return out
+
+
+def level_of(channel: str, value: float | None) -> int:
+    lim = limit_for(channel)
+    return int(lim.level(value)) if lim is not None else int(Level.OK)

@@ -1,0 +1,188 @@
+"""Ingest: subscribe to every node's telemetry and store it in the archive.
+
+``async with Ingestor(archive=..., host=..., port=...) as ing:`` runs two named tasks: a
+subscriber (reconnecting with jittered backoff) that decodes messages onto a queue, and a
+writer that stores them in batches (one transaction each) through a worker thread.
+
+For a fleet, run several workers with ``shared="umbra-ingest"``: they subscribe to
+``$share/umbra-ingest/umbra/v1/+/tm/hk`` (and ``tm/event``, ``tc/report``) with MQTT v5,
+and the broker hands each message to one of them.  The archive's (node, seq) key keeps a
+packet stored once even when two workers do see it (a redelivery after a reconnect).
+``state`` is subscribed without sharing by every worker: retained messages are never sent
+to a shared subscription, and storing a state twice is harmless.
+
+Without ``shared`` the subscriptions are plain MQTT 3.1.1, which any broker (amqtt
+included) understands; that is what the console uses by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from ground.archive import Archive, Storable, StoreResult
+from ground.tail import Backoff
+from node.bus.payloads import Leaf, decode_message, topic_filter
+from node.errors import RemoteProtocolError
+
+log = logging.getLogger("umbra.ground.ingest")
+
+SHARED_LEAVES: tuple[Leaf, ...] = (Leaf.HK, Leaf.EVENT, Leaf.TC_REPORT)
+DEFAULT_GROUP = "umbra-ingest"
+
+
+def filters(shared: str | None) -> list[str]:
+    """The subscription filters of one worker; ``state`` is never shared."""
+    prefix = f"$share/{shared}/" if shared else ""
+    return [prefix + topic_filter(leaf) for leaf in SHARED_LEAVES] + [topic_filter(Leaf.STATE)]
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    states: int = 0
+    malformed: int = 0
+    batches: int = 0
+    connected: bool = False
+    last_error: str = ""
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        archive: Archive,
+        host: str,
+        port: int,
+        shared: str | None = None,
+        client_id: str | None = None,
+        batch_max: int = 500,
+        batch_wait: float = 0.05,
+        backoff: Backoff | None = None,
+        qos: int = 1,
+    ) -> None:
+        self.archive = archive
+        self.host, self.port = host, port
+        self.shared = shared
+        self.client_id = client_id or f"umbra-ingest-{uuid.uuid4().hex[:8]}"
+        self.batch_max, self.batch_wait = batch_max, batch_wait
+        self.backoff = backoff or Backoff()
+        self.qos = qos
+        self.stats = IngestStats()
+        self.subscribed = asyncio.Event()
+        self._queue: asyncio.Queue[Storable] = asyncio.Queue(maxsize=50_000)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._tasks = [
+            self._tg.create_task(self._subscribe(), name=f"{self.client_id}.subscribe"),
+            self._tg.create_task(self._write(), name=f"{self.client_id}.write"),
+        ]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        assert self._tg is not None
+        await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything received so far is stored."""
+        async with asyncio.timeout(timeout):
+            # Polled: "queue empty and writer idle" is two conditions, not one event.
+            while not (self._queue.empty() and self._idle.is_set()):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+    async def _subscribe(self) -> None:
+        subs = filters(self.shared)
+        protocol = aiomqtt.ProtocolVersion.V5 if self.shared else aiomqtt.ProtocolVersion.V311
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=self.client_id, protocol=protocol,
+                    keepalive=10, timeout=5.0,
+                ) as client:
+                    for f in subs:
+                        await client.subscribe(f, qos=self.qos)
+                    self.backoff.reset()
+                    self.stats.connected = True
+                    self.subscribed.set()
+                    log.info("%s subscribed to %s on %s:%s", self.client_id, subs, self.host, self.port)
+                    async for message in client.messages:
+                        self._accept(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                self.stats.connected = False
+                self.stats.last_error = str(exc) or type(exc).__name__
+                delay = self.backoff.next_delay()
+                log.warning("%s: broker %s:%s: %s; retrying in %.1f s", self.client_id, self.host,
+                            self.port, self.stats.last_error, delay)
+                await asyncio.sleep(delay)
+
+    def _accept(self, topic_name: str, payload: Any) -> None:
+        if isinstance(payload, bytearray | memoryview):
+            payload = bytes(payload)
+        if not isinstance(payload, bytes) or not payload:
+            return  # an empty retained message clears a state: nothing to store
+        try:
+            _, decoded = decode_message(topic_name, payload)
+        except RemoteProtocolError as exc:
+            self.stats.malformed += 1
+            log.warning("skipped malformed message on %s: %s", topic_name, exc)
+            return
+        self.stats.received += 1
+        self._queue.put_nowait(decoded)  # type: ignore[arg-type]
+
+    async def _write(self) -> None:
+        while True:
+            first = await self._queue.get()
+            self._idle.clear()
+            batch: list[Storable] = [first]
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+            await self._store(batch)
+            if self._queue.empty():
+                self._idle.set()
+
+    async def _store(self, batch: list[Storable]) -> None:
+        while True:
+            try:
+                result: StoreResult = await asyncio.to_thread(self.archive.store, batch)
+                break
+            except Exception as exc:  # a database hiccup must not drop the batch
+                log.error("archive write failed (%s); retrying in 1 s", exc)
+                self.stats.last_error = f"archive: {exc}"
+                await asyncio.sleep(1.0)
+        self.stats.batches += 1
+        self.stats.stored += result.stored
+        self.stats.duplicates += result.duplicates
+        self.stats.states += result.states
+        if result.gaps_opened:
+            log.info("gap(s) opened in %s", sorted({n for n, _ in result.stored_keys}))

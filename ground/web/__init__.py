@@ -1,0 +1,1 @@
+"""The operator web console served by ``umbra-ground serve`` (docs/ground.md)."""

@@ -1,0 +1,340 @@
+// Umbra ground console: fills the server's page shells by polling the JSON API.
+"use strict";
+
+const SEV = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
+const LEVEL = ["ok", "warn", "crit"];
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+  "#ff9da7", "#9c755f", "#bab0ac"];
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, { credentials: "same-origin", ...options });
+  if (resp.status === 401) { location.href = "/login"; throw new Error("logged out"); }
+  const body = await resp.json();
+  if (!resp.ok) throw Object.assign(new Error(body.error || resp.statusText), { status: resp.status });
+  return body;
+}
+
+function utc(t) {
+  if (t == null) return "—";
+  return new Date(t * 1000).toISOString().slice(11, 19);
+}
+
+function age(s) {
+  if (s == null) return "never";
+  if (s < 60) return `${s.toFixed(0)} s ago`;
+  if (s < 3600) return `${(s / 60).toFixed(0)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function limitOf(limits, channel) {
+  const base = channel.split("[")[0];
+  return limits.find(l => l.channel === base);
+}
+
+function levelOf(limits, channel, value) {
+  const l = limitOf(limits, channel);
+  if (!l || value == null) return 0;
+  if (l.high) return value >= l.red ? 2 : value >= l.yellow ? 1 : 0;
+  return value <= l.red ? 2 : value <= l.yellow ? 1 : 0;
+}
+
+function every(ms, fn) {
+  let busy = false;
+  const tick = async () => {
+    if (busy) return;
+    busy = true;
+    try { await fn(); } catch (e) { console.warn(e); } finally { busy = false; }
+  };
+  tick();
+  return setInterval(tick, ms);
+}
+
+// -- charts: a small canvas line chart ------------------------------------------------------
+
+function drawChart(canvas, t, series, opts = {}) {
+  const ctx = canvas.getContext("2d");
+  const W = canvas.width, H = canvas.height, L = 48, R = 8, T = 8, B = 22;
+  ctx.clearRect(0, 0, W, H);
+  ctx.font = "11px sans-serif";
+  const values = series.flatMap(s => s.values).filter(v => v != null);
+  for (const y of [opts.yellow, opts.red]) if (y != null) values.push(y);
+  canvas.dataset.points = String(t.length);
+  canvas.dataset.lastT = t.length ? String(t[t.length - 1]) : "";
+  if (!t.length || !values.length) {
+    ctx.fillStyle = "#888"; ctx.fillText("no data in this window", L + 10, H / 2); return;
+  }
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (opts.min != null) lo = Math.min(lo, opts.min);
+  if (opts.max != null) hi = Math.max(hi, opts.max);
+  if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
+  const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
+  if (opts.min != null && lo < opts.min) lo = opts.min;  // no axis below a physical floor
+  const t0 = opts.t0 ?? t[0], t1 = Math.max(opts.t1 ?? t[t.length - 1], t0 + 1);
+  const x = v => L + (v - t0) / (t1 - t0) * (W - L - R);
+  const y = v => T + (hi - v) / (hi - lo) * (H - T - B);
+  ctx.strokeStyle = "#ddd"; ctx.fillStyle = "#555"; ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + (hi - lo) * i / 4, yy = y(v);
+    ctx.beginPath(); ctx.moveTo(L, yy); ctx.lineTo(W - R, yy); ctx.stroke();
+    ctx.fillText(v.toFixed(Math.abs(hi - lo) < 5 ? 2 : 0), 2, yy + 4);
+  }
+  for (let i = 0; i <= 4; i++) {
+    const v = t0 + (t1 - t0) * i / 4;
+    ctx.fillText(utc(v), Math.min(x(v) - 20, W - 50), H - 6);
+  }
+  for (const [lim, color] of [[opts.yellow, "#d4a000"], [opts.red, "#d62728"]]) {
+    if (lim == null) continue;
+    ctx.strokeStyle = color; ctx.setLineDash([6, 4]);
+    ctx.beginPath(); ctx.moveTo(L, y(lim)); ctx.lineTo(W - R, y(lim)); ctx.stroke();
+  }
+  for (const s of series) {
+    ctx.strokeStyle = s.color; ctx.setLineDash(s.dash ? [4, 3] : []); ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let pen = false;
+    s.values.forEach((v, i) => {
+      if (v == null) { pen = false; return; }
+      if (pen) ctx.lineTo(x(t[i]), y(v)); else ctx.moveTo(x(t[i]), y(v));
+      pen = true;
+    });
+    ctx.stroke();
+  }
+  ctx.setLineDash([]);
+}
+
+function column(rows, i) { return rows.map(r => (r && i < r.length ? r[i] : null)); }
+
+// -- fleet ------------------------------------------------------------------------------------
+
+function fleetPage() {
+  every(2000, async () => {
+    const data = await api("/api/fleet");
+    const tbody = document.querySelector("#fleet tbody");
+    tbody.replaceChildren();
+    if (!data.nodes.length) {
+      tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no node has been heard yet")));
+    }
+    for (const n of data.nodes) {
+      const state = n.online === null ? "unknown" : n.online ? (n.stale ? "online (silent)" : "online") : "offline";
+      const cls = n.online ? (n.stale ? "warn" : "ok") : "crit";
+      tbody.append(el("tr", { "data-node": n.node },
+        el("td", {}, el("a", { href: `/node/${encodeURIComponent(n.node)}` }, n.node)),
+        el("td", {}, el("span", { class: `badge ${cls} node-state` }, state)),
+        el("td", {}, n.mode || "—"),
+        el("td", {}, el("span", { class: `badge ${LEVEL[n.worst_alarm]}` }, ["none", "yellow", "red"][n.worst_alarm])),
+        el("td", {}, age(n.age_s)),
+        el("td", {}, `${n.packets} (${n.duplicates} dup)`),
+        el("td", {}, n.missing ? `${n.missing} missing` : "none"),
+        el("td", {}, n.dict_mismatch
+          ? el("span", { class: "badge crit", title: `node ${n.dict_hash} ≠ ground ${data.ground_hash}` }, `MISMATCH ${n.dict_hash}`)
+          : (n.dict_hash || "—")),
+      ));
+    }
+    alarmBadge(data.unacked_alarms);
+  });
+}
+
+function alarmBadge(n) {
+  const b = document.getElementById("alarm-count");
+  if (b) { b.textContent = n ? String(n) : ""; b.className = n ? "badge crit" : "badge"; }
+}
+
+// -- node ---------------------------------------------------------------------------------------
+
+let DICT = null;
+
+function nodePage() {
+  const node = document.body.dataset.node;
+  const windowSel = document.getElementById("window");
+  let lastData = null;
+  const refresh = async () => {
+    const data = await api(`/api/node/${encodeURIComponent(node)}/hk?window=${windowSel.value}`);
+    lastData = data;
+    renderNode(data);
+  };
+  every(1000, refresh);
+  windowSel.addEventListener("change", refresh);
+  const evSev = document.getElementById("ev-severity"), evQ = document.getElementById("ev-search");
+  const events = async () => {
+    const q = new URLSearchParams({ severity: evSev.value, q: evQ.value });
+    const data = await api(`/api/node/${encodeURIComponent(node)}/events?${q}`);
+    const tbody = document.querySelector("#events tbody");
+    tbody.replaceChildren(...data.events.map(e => el("tr", { class: `sev${e.severity}` },
+      el("td", {}, utc(e.utc)), el("td", {}, e.seq), el("td", {}, SEV[e.severity] || e.severity),
+      el("td", {}, e.kind), el("td", {}, e.text))));
+    if (!data.events.length) tbody.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "no events match")));
+  };
+  every(2000, events);
+  evSev.addEventListener("change", events);
+  evQ.addEventListener("input", events);
+  every(1000, () => commandHistory(node));
+  commandForm(node);
+  every(5000, async () => alarmBadge((await api("/api/fleet")).unacked_alarms));
+  return () => lastData;
+}
+
+function renderNode(d) {
+  const info = d.info || {};
+  const st = document.getElementById("node-state");
+  const online = info.online === 1 || info.online === true;
+  st.textContent = info.online == null ? "unknown" : online ? "online" : "offline";
+  st.className = `badge ${online ? "ok" : "crit"}`;
+  document.getElementById("node-mode").textContent = info.mode || "";
+  const warn = document.getElementById("dict-warning");
+  warn.replaceChildren();
+  if (info.dict_hash && info.dict_hash !== d.ground_hash) {
+    warn.append(el("p", { class: "refused" }, `Dictionary mismatch: node ${info.dict_hash}, ground ${d.ground_hash}. Commands or telemetry may be misread.`));
+  }
+  const s = d.series, L = d.limits, hk = d.latest;
+  document.getElementById("last-update").textContent = hk ? `latest packet #${hk.seq} at ${utc(hk.utc)} UTC` : "";
+  const now = document.getElementById("now");
+  if (hk) {
+    now.className = "now";
+    const cell = (label, channel, value, fmt) => el("span", { class: `value ${LEVEL[levelOf(L, channel, value)]}`, "data-channel": channel },
+      `${label} ${value == null ? "—" : fmt(value)}`);
+    now.replaceChildren(
+      ...hk.temp_c.map((t, i) => cell(`GPU${i}`, `temp_c[${i}]`, t, v => `${v.toFixed(1)} °C`)),
+      ...hk.cap_w.map((c, i) => el("span", { class: "value" }, `cap${i} ${c.toFixed(0)} W / ${hk.power_w[i].toFixed(0)} W`)),
+      cell("SoC", "battery_soc", hk.battery_soc, v => `${(v * 100).toFixed(0)} %`),
+      el("span", { class: "value" }, `solar ${hk.solar_w.toFixed(0)} W`),
+      cell("radiator", "radiator_c", hk.radiator_c, v => `${v.toFixed(1)} °C`),
+      el("span", { class: "value" }, `link ${hk.link_up ? "up" : "DOWN"}`),
+    );
+  }
+  const t = s.utc, n = s.temp_c.length ? s.temp_c[s.temp_c.length - 1].length : 0;
+  const t1 = d.latest ? Math.max(d.latest.utc, t[t.length - 1] || 0) : d.now;
+  const span = { t0: t1 - d.window, t1 };
+  const lt = limitOf(L, "temp_c"), ls = limitOf(L, "battery_soc"), lr = limitOf(L, "radiator_c");
+  const gpus = [...Array(n).keys()];
+  drawChart(document.getElementById("chart-temp"), t,
+    gpus.map(i => ({ values: column(s.temp_c, i), color: PALETTE[i % PALETTE.length] })),
+    { ...span, yellow: lt.yellow, red: lt.red });
+  drawChart(document.getElementById("chart-power"), t, [
+    ...gpus.map(i => ({ values: column(s.power_w, i), color: PALETTE[i % PALETTE.length] })),
+    ...gpus.map(i => ({ values: column(s.cap_w, i), color: PALETTE[i % PALETTE.length], dash: true })),
+  ], { ...span, min: 0 });
+  drawChart(document.getElementById("chart-soc"), t, [{ values: s.battery_soc.map(v => v == null ? null : v * 100), color: PALETTE[4] }],
+    { ...span, min: 0, max: 100, yellow: ls.yellow * 100, red: ls.red * 100 });
+  drawChart(document.getElementById("chart-solar"), t, [{ values: s.solar_w, color: PALETTE[5] }], { ...span, min: 0 });
+  drawChart(document.getElementById("chart-radiator"), t, [{ values: s.radiator_c, color: PALETTE[1] }],
+    { ...span, yellow: lr.yellow, red: lr.red });
+  const jobs = document.getElementById("jobs");
+  if (hk && hk.progress.length) {
+    const first = s.progress.length ? s.progress[0] : hk.progress;
+    const dt = t.length > 1 ? t[t.length - 1] - t[0] : 0;
+    jobs.className = "";
+    jobs.replaceChildren(el("table", { class: "grid" },
+      el("tr", {}, el("th", {}, "GPU"), el("th", {}, "progress"), el("th", {}, "rate / s (window)")),
+      ...hk.progress.map((p, i) => el("tr", {}, el("td", {}, i), el("td", {}, p.toFixed(1)),
+        el("td", {}, dt > 0 && first[i] != null ? ((p - first[i]) / dt).toFixed(2) : "—")))));
+  }
+}
+
+async function commandHistory(node) {
+  const data = await api(`/api/node/${encodeURIComponent(node)}/commands`);
+  const tbody = document.querySelector("#commands tbody");
+  tbody.replaceChildren(...data.commands.map(c => {
+    const stages = c.stages.length ? c.stages.map(s => el("span", {
+      class: `stage ${s.stage}`, title: s.text || "",
+    }, s.stage + (s.stage === "failed" ? ` (${s.reason} at ${s.at})` : "") + (s.duplicate ? " dup" : ""))) : [el("span", { class: "stage" }, c.status)];
+    const args = Object.entries(c.args).map(([k, v]) => `${k}=${v}`).join(" ");
+    return el("tr", { "data-id": c.id }, el("td", {}, utc(c.sent)), el("td", {}, `${c.name} ${args}`),
+      el("td", {}, c.operator), el("td", { class: "stages" }, ...stages));
+  }));
+}
+
+async function commandForm(node) {
+  const data = await api("/api/dictionary");
+  DICT = data.dictionary;
+  const sel = document.getElementById("cmd-name");
+  for (const c of DICT.commands) {
+    sel.append(el("option", { value: c.name }, c.name + (c.status === "unsupported" ? " (not implemented yet)" : "")));
+  }
+  const argsBox = document.getElementById("cmd-args");
+  const render = () => {
+    const c = DICT.commands.find(x => x.name === sel.value);
+    document.getElementById("cmd-description").textContent = c.description;
+    argsBox.replaceChildren(...c.args.map(a => {
+      let input;
+      if (a.type === "enum") input = el("select", {}, ...a.choices.map(ch => el("option", { value: ch }, ch)));
+      else if (a.type === "bool") input = el("select", {}, el("option", { value: "true" }, "true"), el("option", { value: "false" }, "false"));
+      else {
+        input = el("input", { type: a.type === "str" ? "text" : "number" });
+        if (a.type === "float") input.step = "any";
+        if (a.lo != null) input.min = a.lo;
+        if (a.hi != null) input.max = a.hi;
+        if (a.type === "str") input.maxLength = 64;
+      }
+      input.name = a.name; input.id = `arg-${a.name}`;
+      if (a.required) input.required = true;
+      const range = a.type === "enum" || a.type === "bool" ? "" : a.lo != null ? ` [${a.lo} … ${a.hi}]` : "";
+      return el("label", { class: "arg" }, `${a.name}${a.unit ? " (" + a.unit + ")" : ""}${a.required ? "" : " (optional)"}`, input,
+        el("span", { class: "muted small" }, `${a.description}${range}`));
+    }));
+  };
+  sel.addEventListener("change", render);
+  render();
+  const form = document.getElementById("command-form");
+  const result = document.getElementById("cmd-result");
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    if (!form.reportValidity()) { result.textContent = "fix the highlighted fields"; result.className = "refused"; return; }
+    const args = {};
+    for (const input of argsBox.querySelectorAll("input, select")) args[input.name] = input.value;
+    try {
+      const r = await api(`/api/node/${encodeURIComponent(node)}/commands`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: sel.value, args }),
+      });
+      result.textContent = `sent ${r.name} (id ${r.id}, counter ${r.counter})`;
+      result.className = "ok-text";
+      commandHistory(node);
+    } catch (e) {
+      result.textContent = e.status === 403 ? `refused: ${e.message}` : `not sent: ${e.message}`;
+      result.className = "refused";
+    }
+  });
+}
+
+// -- alarms -------------------------------------------------------------------------------------
+
+function alarmsPage() {
+  const canAck = document.body.dataset.role === "commander";
+  const acked = document.getElementById("show-acked");
+  const refresh = async () => {
+    const data = await api(`/api/alarms?acked=${acked.checked ? 1 : 0}`);
+    document.getElementById("limits").textContent = data.limits.map(l =>
+      `${l.channel} yellow ${l.high ? "≥" : "≤"} ${l.yellow}, red ${l.high ? "≥" : "≤"} ${l.red}`).join("; ");
+    const tbody = document.querySelector("#alarms tbody");
+    tbody.replaceChildren(...data.alarms.map(a => el("tr", { "data-channel": a.channel },
+      el("td", {}, a.node), el("td", {}, a.channel),
+      el("td", {}, el("span", { class: `badge ${LEVEL[a.active ? a.level : 0]}` }, a.active ? ["green", "yellow", "red"][a.level] : "back to green")),
+      el("td", {}, el("span", { class: `badge ${LEVEL[a.worst]}` }, ["green", "yellow", "red"][a.worst])),
+      el("td", {}, a.value == null ? "—" : Number(a.value).toFixed(2)),
+      el("td", {}, utc(a.first_utc)), el("td", {}, utc(a.last_utc)),
+      el("td", {}, a.acked_by ? `${a.acked_by} at ${utc(a.acked_at)}` : canAck
+        ? el("button", { class: "ack", onclick: async () => {
+          await api("/api/alarms/ack", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ node: a.node, channel: a.channel }) });
+          refresh();
+        } }, "Acknowledge") : "needs a commander"))));
+    if (!data.alarms.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no alarms")));
+    alarmBadge(data.alarms.filter(a => !a.acked_by).length);
+  };
+  every(2000, refresh);
+  acked.addEventListener("change", refresh);
+}
+
+const PAGES = { fleet: fleetPage, node: nodePage, alarms: alarmsPage };
+const page = PAGES[document.body.dataset.page];
+if (page) page();

@@ -1,0 +1,139 @@
+"""The console in a real browser: Debian's headless Chromium driven by Playwright.
+
+A real mosquitto, a LocalBench (simulated board + node processes) and ``umbra-ground
+serve`` as a child process; then, as an operator would: log in, see the node online,
+see a plot update, send a command from the form and see it completed, and as a viewer
+be refused.  Saves docs/console-node.png, the screenshot in the README.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.bench import LocalBench
+from hil.broker import Mosquitto, free_port
+from hil.procs import ManagedProcess
+from node.bus import signing
+
+pytestmark = [pytest.mark.e2e]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.fixture
+def stack(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(console URL, node id) with a bench running behind it."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium not found: `make test` installs Debian's chromium", pytrace=False)
+    node_id = "web-1"
+    key_file = tmp_path / "tc-keys.json"
+    signing.write_keys(key_file, {node_id: signing.new_key()})
+    port = free_port()
+    serve = ManagedProcess(
+        [sys.executable, "-m", "ground.cli", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+         "--http", f"127.0.0.1:{port}", "--archive", str(tmp_path / "archive.sqlite"),
+         "--key-file", str(key_file)],
+        name="serve", log_dir=tmp_path / "logs")
+    bench = LocalBench(workdir=tmp_path / "bench", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
+                       node_id=node_id, gpus=4, hk_rate_hz=2.0, demand_w=650.0,
+                       node_args=("--tc-key-file", str(key_file)))
+    try:
+        serve.start()
+        serve.wait_for_line(r"console on http://", 30)
+        bench.start()
+        yield f"http://127.0.0.1:{port}", node_id
+    finally:
+        bench.stop()
+        serve.stop()
+
+
+def _login(page: Any, url: str, user: str, password: str) -> None:
+    page.goto(f"{url}/login")
+    page.fill("#user", user)
+    page.fill("#password", password)
+    page.click("#login")
+    page.wait_for_url(f"{url}/")
+
+
+@pytest.mark.timeout(150)
+def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, node_id = stack
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1280, "height": 1400})
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(30_000)
+            # Not logged in: every page leads to the login form; a wrong password is refused.
+            page.goto(url)
+            expect(page).to_have_url(f"{url}/login")
+            page.fill("#user", "demo")
+            page.fill("#password", "wrong")
+            page.click("#login")
+            expect(page.locator(".error")).to_be_visible()
+
+            _login(page, url, "demo", "demo")
+            row = page.locator(f'#fleet tr[data-node="{node_id}"]')
+            expect(row.locator(".node-state")).to_have_text("online", timeout=40_000)
+
+            row.locator("a").click()
+            expect(page.locator("#node-state")).to_have_text("online")
+            chart = page.locator("#chart-temp")
+            expect(chart).to_have_attribute("data-points", re.compile(r"^[1-9]"))
+            first = chart.get_attribute("data-last-t")
+            deadline = time.monotonic() + 15
+            while chart.get_attribute("data-last-t") == first:
+                assert time.monotonic() < deadline, "the temperature plot did not update"
+                page.wait_for_timeout(250)
+            expect(page.locator('.value[data-channel="temp_c[0]"]')).to_have_class(
+                re.compile(r"value (ok|warn|crit)"))
+
+            # Command from the form: a ping, then a set_cap_limit with a bad value first.
+            page.select_option("#cmd-name", "set_cap_limit")
+            page.fill("#arg-gpu", "1")
+            page.fill("#arg-max_w", "5000")  # over the dictionary's 2000 W: the form refuses
+            page.click("#cmd-send")
+            expect(page.locator("#cmd-result")).to_have_text("fix the highlighted fields")
+            page.fill("#arg-max_w", "450")
+            page.click("#cmd-send")
+            expect(page.locator("#cmd-result")).to_contain_text("sent set_cap_limit")
+            history = page.locator("#commands tbody tr").first
+            expect(history.locator(".stage.completed")).to_be_visible(timeout=30_000)
+            expect(history.locator(".stage.accepted")).to_be_visible()
+            expect(history.locator(".stage.started")).to_be_visible()
+            page.select_option("#window", "60")
+            page.wait_for_timeout(4000)  # a few more points on the plots
+            DOCS.mkdir(exist_ok=True)
+            page.screenshot(path=str(DOCS / "console-node.png"), full_page=True)
+
+            # Alarms page renders for the commander.
+            page.goto(f"{url}/alarms")
+            expect(page.locator("#limits")).to_contain_text("temp_c")
+
+            # A viewer sees the node but cannot command: the button is disabled and the
+            # server refuses the request itself.
+            page.click("#logout")
+            _login(page, url, "viewer", "viewer")
+            page.goto(f"{url}/node/{node_id}")
+            expect(page.locator("#viewer-note")).to_be_visible()
+            expect(page.locator("#cmd-send")).to_be_disabled()
+            resp = page.request.post(f"{url}/api/node/{node_id}/commands",
+                                     data={"name": "ping", "args": {}})
+            assert resp.status == 403, resp.text()
+            assert "viewer" in resp.json()["error"]
+        finally:
+            ctx.close()
