@@ -24,7 +24,7 @@ from hil.broker import Mosquitto
 from hil.procs import ManagedProcess
 from node.link.channel import ReliableChannel
 from node.link.codec import FrameDecoder
-from node.link.messages import Ack, Hello, HelloAck, Sensor, SetCaps, StepDone
+from node.link.messages import Hello, HelloAck, Sensor, SetCaps, StepDone
 
 GPUS = 8
 
@@ -94,7 +94,7 @@ def _node_latency(frames: int) -> tuple[list[float], list[float]]:
                         continue
                     now = time.perf_counter()
                     while (f := decoder.next_frame()) is not None:
-                        events, out = channel.receive(f)
+                        _, out = channel.receive(f)
                         for data in out:
                             os.write(master, data)
                         if isinstance(f.message, SetCaps):
@@ -105,8 +105,6 @@ def _node_latency(frames: int) -> tuple[list[float], list[float]]:
                             got_step = True
                             if i >= 20:  # the first frames warm up caches and the broker
                                 step_done.append(now - sent)
-                        elif isinstance(f.message, Ack):
-                            pass
             return step_done, caps
         finally:
             node.stop()
