@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 import uuid
 from collections.abc import Sequence
@@ -141,6 +142,7 @@ async def run(
     bus = TelemetryBus(
         node_id=config.node_id, config=config.mqtt, boot_id=boot_id, version=__version__,
         outbox=outbox, dict_hash=dictionary_hash(), backlog_rate=backlog_rate,
+        tls_context=ssl.create_default_context(cafile=config.mqtt.tls_ca) if config.mqtt.tls_ca else None,
     )
     bus.processor = CommandProcessor(
         node_id=config.node_id, key=key, target=target, sink=bus,

@@ -22,6 +22,7 @@ A config file looks like (every key optional; defaults below)::
     keepalive_s = 10
     username = ""
     password = ""
+    tls_ca = ""                      # the broker's CA certificate (PEM) for its TLS listener
 
     [control]                        # the parameter table: node/control/law.py PARAM_SPECS
     limit_c = 85.0                   # predicted die temperature stays below this
@@ -88,10 +89,14 @@ class MqttConfig:
     password: str = ""
     #: Events and housekeeping queued while the broker is away (oldest dropped beyond).
     queue_limit: int = 10_000
+    #: CA certificate (PEM) of the broker's TLS listener; empty: plain TCP.
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         if not self.host:
             raise ConfigError("mqtt.host must not be empty", key="mqtt.host")
+        if self.tls_ca and not Path(self.tls_ca).is_file():
+            raise ConfigError(f"mqtt.tls_ca = {self.tls_ca!r} is not a readable file", key="mqtt.tls_ca")
         _check_range("mqtt", "port", self.port, 1, 65535)
         _check_range("mqtt", "hk_rate_hz", self.hk_rate_hz, 0.01, 100.0)
         _check_range("mqtt", "keepalive_s", self.keepalive_s, 1, 3600)
