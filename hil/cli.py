@@ -30,7 +30,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", type=parse_hostport, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                       help="serve the operator console here (default 127.0.0.1:8080; a free port if taken)")
     demo.add_argument("--no-console", action="store_true", help="status line only, no web console")
+    demo.add_argument("--orbit", default="beta0", choices=["beta0", "sso-dawn-dusk", "sso-eclipse-season"],
+                      help="orbit of the simulated board (default beta0: 35.6-min eclipse every 95.5 min)")
+    add_harness_commands(sub)
     return p
+
+
+def add_harness_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``list``, ``run`` and ``conformance`` (issue #8)."""
+    sub.add_parser("list", help="list the scenario library",
+                   description="List the scenarios of the library with their measurements.")
+    run = sub.add_parser(
+        "run", help="run scenarios on a bench and judge them",
+        description="Run scenarios (names from `umbra-hil list`, `all`, or .toml files) on a bench, "
+        "judge every measurement and write a report (JSON, JUnit XML, PNG plots, summary).")
+    run.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    run.add_argument("--bench", metavar="FILE", help="bench file (default: simulated board, lockstep, mosquitto)")
+    run.add_argument("--report", metavar="DIR", default="hil-report", help="report directory (default hil-report)")
+    run.add_argument("--compare", choices=["baseline"], help="also run this policy and compare")
+    run.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="runs in parallel (default 1)")
+    run.add_argument("--quick", action="store_true", help="shortened durations (as make test runs them)")
+    run.add_argument("--policy", choices=["umbra", "baseline"], default="umbra", help="policy under test")
+    conf = sub.add_parser(
+        "conformance", help="check a board against the ICD",
+        description="Exercise every message of docs/ICD.md against a board's main port (and its HIL "
+        "port) and report what the board got wrong.  No node may be using the port.")
+    conf.add_argument("port", metavar="PORT", help="the board's main serial port (path or pyserial URL)")
+    conf.add_argument("--hil", metavar="PORT", help="the board's HIL port")
+    conf.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return asyncio.run(
             run_demo(duration=args.duration, mqtt=args.mqtt, gpus=args.gpus, speed=args.speed,
-                     node_id=args.node_id, console=None if args.no_console else args.console)
+                     node_id=args.node_id, console=None if args.no_console else args.console,
+                     orbit=args.orbit)
         )
+    if args.command in ("list", "run", "conformance"):
+        from hil.harness_cli import run_command
+
+        return run_command(args)
     return EXIT_USAGE
 
 

@@ -52,7 +52,7 @@ def format_status(view: NodeView, elapsed: float) -> str:
     link = "link up" if hk.link_up else "LINK DOWN"
     return (
         f"[{elapsed:6.1f} s] board t={hk.t_board:8.1f} s  {hk.mode:<13} {link:<9} "
-        f"GPU °C [{temps}]  cap W [{caps}]"
+        f"GPU °C [{temps}]  cap W [{caps}]  SoC {hk.battery_soc:4.2f}{'  ECLIPSE' if hk.board_flags & 2 else ''}"
     )
 
 
@@ -112,6 +112,7 @@ async def run_demo(
     node_id: str = "node-1",
     out: TextIO = sys.stdout,
     console: tuple[str, int] | None = ("127.0.0.1", 8080),
+    orbit: str = "beta0",
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,9 +137,9 @@ async def run_demo(
             node_args = ("--tc-key-file", str(key_file))
         bench = LocalBench(
             workdir=workdir, mqtt_host=host, mqtt_port=port, node_id=node_id, gpus=gpus, speed=speed,
-            node_args=node_args,
+            node_args=node_args, board_args=("--orbit", orbit),
         )
-        print(f"umbra-hil demo: starting board ({gpus} GPUs, {speed:g}x) and node {node_id} …",
+        print(f"umbra-hil demo: starting board ({gpus} GPUs, {speed:g}x, orbit {orbit}) and node {node_id} …",
               file=out, flush=True)
         stack.callback(bench.stop)
         await asyncio.to_thread(bench.start)

@@ -1,0 +1,382 @@
+"""Benches as data: which board, broker, node and ground a run uses, and how time runs.
+
+A bench file (TOML; every table and key optional, defaults shown)::
+
+    [board]
+    kind = "sim"                  # "sim": start firmware_sim; "port": attach to a real board
+    port = ""                     # kind = "port": the node's serial port, a path or pyserial URL
+    hil = ""                      # kind = "port": the board's HIL port
+    args = []                     # kind = "sim": extra umbra-board arguments
+    [board.plant]                 # kind = "sim": umbra-board --set KEY=VALUE for every run
+    # sink_c = -60
+
+    [broker]
+    kind = "mosquitto"            # "mosquitto" (started per run), "embedded" (amqtt, in process),
+                                  # or "external" (attach to host:port; never started or stopped)
+    host = "127.0.0.1"
+    port = 0                      # external: required; otherwise 0 = a free port per run
+    username = ""
+    password = ""
+
+    [node]
+    start = true                  # false: a node is already running against this board and broker
+    node_id = "hil-node"
+    config = ""                   # umbra-node --config FILE.toml
+    hk_rate_hz = 10.0             # housekeeping, Hz of wall time
+    args = []
+
+    [ground]
+    archive = "archive.sqlite"    # ground archive per run (relative: in the run directory)
+
+    [time]
+    lockstep = true               # board waits for the node's STEP_DONE (as fast as the node)
+    speed = 1.0                   # without lockstep: board seconds per wall second
+    lockstep_timeout_s = 0.25       # wall s the board waits for STEP_DONE (a lost frame costs this)
+
+``BenchRun`` starts what the bench says to start, attaches to what is there and stops only
+what it started (each child by its own pid / process group).  Each run gets its own run
+directory, ptys and broker port, so runs can go in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from hil.bench import BOARD_READY, NODE_READY
+from hil.broker import EmbeddedBroker, Mosquitto, find_mosquitto, free_port
+from hil.procs import ManagedProcess
+from node.errors import ConfigError, LinkError
+
+
+def _err(source: str, key: str, text: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {text}", key=key, source=source)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoardSpec:
+    kind: str = "sim"
+    port: str = ""
+    hil: str = ""
+    args: tuple[str, ...] = ()
+    plant: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSpec:
+    kind: str = "mosquitto"
+    host: str = "127.0.0.1"
+    port: int = 0
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    start: bool = True
+    node_id: str = "hil-node"
+    config: str = ""
+    hk_rate_hz: float = 10.0
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroundSpec:
+    archive: str = "archive.sqlite"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeSpec:
+    lockstep: bool = True
+    speed: float = 1.0
+    lockstep_timeout_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchSpec:
+    name: str = "local-sim"
+    board: BoardSpec = field(default_factory=BoardSpec)
+    broker: BrokerSpec = field(default_factory=BrokerSpec)
+    node: NodeSpec = field(default_factory=NodeSpec)
+    ground: GroundSpec = field(default_factory=GroundSpec)
+    time: TimeSpec = field(default_factory=TimeSpec)
+    source: str = "(default bench)"
+
+    def to_dict(self) -> dict[str, Any]:
+        def dc(obj: Any) -> dict[str, Any]:
+            return {k: getattr(obj, k) for k in obj.__slots__}
+        out: dict[str, Any] = {"name": self.name, "source": self.source}
+        for part in ("board", "broker", "node", "ground", "time"):
+            d = dc(getattr(self, part))
+            if d.get("password"):
+                d["password"] = "***"
+            out[part] = d
+        return out
+
+
+def default_bench() -> BenchSpec:
+    """A simulated board in lockstep and mosquitto (the embedded broker when it is missing)."""
+    try:
+        find_mosquitto()
+        broker = BrokerSpec()
+    except LinkError:
+        broker = BrokerSpec(kind="embedded")
+    return BenchSpec(broker=broker)
+
+
+def parse_bench(data: dict[str, Any], source: str = "bench") -> BenchSpec:
+    known = {"name", "board", "broker", "node", "ground", "time"}
+    for key in data:
+        if key not in known:
+            raise _err(source, key, f"unknown table (known: {', '.join(sorted(known))})")
+
+    def table(name: str, keys: set[str]) -> dict[str, Any]:
+        t = data.get(name, {})
+        if not isinstance(t, dict):
+            raise _err(source, name, "expected a table")
+        for k in t:
+            if k not in keys:
+                raise _err(source, f"{name}.{k}", f"unknown key (known: {', '.join(sorted(keys))})")
+        return t
+
+    b = table("board", {"kind", "port", "hil", "args", "plant"})
+    kind = b.get("kind", "sim")
+    if kind not in ("sim", "port"):
+        raise _err(source, "board.kind", f"{kind!r}: use sim or port")
+    if kind == "port" and not (b.get("port") and b.get("hil")):
+        raise _err(source, "board.port", "a real board needs both port and hil")
+    plant = b.get("plant", {})
+    for k, v in plant.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _err(source, f"board.plant.{k}", f"expected a number, got {v!r}")
+    board = BoardSpec(kind=kind, port=str(b.get("port", "")), hil=str(b.get("hil", "")),
+                      args=tuple(str(a) for a in b.get("args", [])),
+                      plant=tuple((str(k), float(v)) for k, v in plant.items()))
+
+    m = table("broker", {"kind", "host", "port", "username", "password"})
+    bkind = m.get("kind", "mosquitto")
+    if bkind not in ("mosquitto", "embedded", "external"):
+        raise _err(source, "broker.kind", f"{bkind!r}: use mosquitto, embedded or external")
+    port = m.get("port", 0)
+    if not isinstance(port, int) or not 0 <= port < 65536:
+        raise _err(source, "broker.port", f"{port!r} is not a TCP port")
+    if bkind == "external" and not port:
+        raise _err(source, "broker.port", "an external broker needs its port")
+    broker = BrokerSpec(kind=bkind, host=str(m.get("host", "127.0.0.1")), port=port,
+                        username=str(m.get("username", "")), password=str(m.get("password", "")))
+
+    n = table("node", {"start", "node_id", "config", "hk_rate_hz", "args"})
+    hk = n.get("hk_rate_hz", 10.0)
+    if isinstance(hk, bool) or not isinstance(hk, int | float) or not 0.01 <= hk <= 100:
+        raise _err(source, "node.hk_rate_hz", f"{hk!r} outside [0.01, 100]")
+    node = NodeSpec(start=bool(n.get("start", True)), node_id=str(n.get("node_id", "hil-node")),
+                    config=str(n.get("config", "")), hk_rate_hz=float(hk),
+                    args=tuple(str(a) for a in n.get("args", [])))
+
+    g = table("ground", {"archive"})
+    ground = GroundSpec(archive=str(g.get("archive", "archive.sqlite")))
+
+    t = table("time", {"lockstep", "speed", "lockstep_timeout_s"})
+    speed = t.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed <= 1e4:
+        raise _err(source, "time.speed", f"{speed!r} outside (0, 10000]")
+    lt = t.get("lockstep_timeout_s", 0.25)
+    if isinstance(lt, bool) or not isinstance(lt, int | float) or not 0.001 <= lt <= 3600:
+        raise _err(source, "time.lockstep_timeout_s", f"{lt!r} outside [0.001, 3600]")
+    time_ = TimeSpec(lockstep=bool(t.get("lockstep", True)), speed=float(speed), lockstep_timeout_s=float(lt))
+    return BenchSpec(name=str(data.get("name", Path(source).stem)), board=board, broker=broker,
+                     node=node, ground=ground, time=time_, source=source)
+
+
+def load_bench(path: str | os.PathLike[str] | None) -> BenchSpec:
+    if path is None:
+        return default_bench()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"bench {path}: {exc}", key="bench", source=str(path)) from None
+    return parse_bench(data, str(path))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunParams:
+    """What one run asks of the bench (from the scenario and the command line)."""
+
+    policy: str = "umbra"
+    orbit: str = "beta0"
+    gpus: int = 8
+    rate_hz: float = 1.0
+    seed: int = 1
+    plant: tuple[tuple[str, float], ...] = ()
+    persistent_broker: bool = False
+    tc_keys: bool = False
+
+
+class BenchRun:
+    """One run's parts.  ``async with BenchRun(spec, params, workdir) as run:`` starts the
+    broker and the board (the node is started by ``start_node``, after the harness has set
+    the initial conditions), and stops everything it started on exit."""
+
+    def __init__(self, spec: BenchSpec, params: RunParams, workdir: Path, *, python: str = sys.executable) -> None:
+        self.spec = spec
+        self.params = params
+        self.workdir = workdir
+        self.python = python
+        self.board: ManagedProcess | None = None
+        self.node: ManagedProcess | None = None
+        self.mosquitto: Mosquitto | None = None
+        self.embedded: EmbeddedBroker | None = None
+        self.mqtt_host = spec.broker.host
+        self.mqtt_port = spec.broker.port
+        self.key_file: Path | None = None
+        self.node_starts = 0
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def link_port(self) -> str:
+        return self.spec.board.port if self.spec.board.kind == "port" else str(self.workdir / "board.tty")
+
+    @property
+    def hil_port(self) -> str:
+        return self.spec.board.hil if self.spec.board.kind == "port" else str(self.workdir / "board-hil.tty")
+
+    @property
+    def node_id(self) -> str:
+        return self.spec.node.node_id
+
+    # -- broker -----------------------------------------------------------------------------
+
+    async def start_broker(self) -> None:
+        kind = self.spec.broker.kind
+        if kind == "external":
+            return
+        if kind == "embedded":
+            if self.embedded is None:
+                self.embedded = EmbeddedBroker(port=self.mqtt_port or None)
+            await self.embedded.start()
+            self.mqtt_host, self.mqtt_port = self.embedded.host, self.embedded.port
+            return
+        if self.mosquitto is None:
+            self.mosquitto = Mosquitto(workdir=self.workdir / "mosquitto", port=self.mqtt_port or None,
+                                       persistence=self.params.persistent_broker)
+        await asyncio.to_thread(self.mosquitto.start)
+        self.mqtt_host, self.mqtt_port = self.mosquitto.host, self.mosquitto.port
+
+    async def stop_broker(self) -> None:
+        if self.mosquitto is not None:
+            await asyncio.to_thread(self.mosquitto.stop)
+        elif self.embedded is not None:
+            await self.embedded.stop()
+
+    # -- board ------------------------------------------------------------------------------
+
+    def board_argv(self) -> list[str]:
+        p, t = self.params, self.spec.time
+        argv = [self.python, "-m", "firmware_sim.cli", "--link", self.link_port, "--hil", self.hil_port,
+                "--gpus", str(p.gpus), "--rate", str(p.rate_hz), "--orbit", p.orbit,
+                "--seed", str(p.seed), "--speed", str(t.speed),
+                "--lockstep-timeout", str(t.lockstep_timeout_s)]
+        if t.lockstep:
+            argv.append("--lockstep")
+        for k, v in (*self.spec.board.plant, *p.plant):
+            argv += ["--set", f"{k}={v:g}"]
+        return argv + list(self.spec.board.args)
+
+    async def start_board(self) -> None:
+        if self.spec.board.kind != "sim":
+            return
+        self.board = ManagedProcess(self.board_argv(), name="board", log_dir=self.log_dir)
+        self.board.start()
+        await self.board.wait_for_line_async(BOARD_READY, 60)
+
+    # -- node -------------------------------------------------------------------------------
+
+    def node_argv(self) -> list[str]:
+        n = self.spec.node
+        argv = [self.python, "-m", "node.cli", "--serial", self.link_port,
+                "--mqtt", f"{self.mqtt_host}:{self.mqtt_port}", "--node-id", n.node_id,
+                "--data-dir", str(self.workdir / "node-data"), "--hk-rate", str(n.hk_rate_hz),
+                "--policy", self.params.policy]
+        if n.config:
+            argv += ["--config", n.config]
+        if self.key_file is not None:
+            argv += ["--tc-key-file", str(self.key_file)]
+        return argv + list(n.args)
+
+    async def start_node(self) -> None:
+        if not self.spec.node.start:
+            return
+        if self.node is None:
+            env: dict[str, str] = {}
+            if self.spec.broker.username:  # credentials go in the node's config, not argv
+                cfg = self.workdir / "node-mqtt.toml"
+                cfg.write_text(f'[mqtt]\nusername = "{self.spec.broker.username}"\n'
+                               f'password = "{self.spec.broker.password}"\n')
+                if not self.spec.node.config:
+                    self.spec = replace(self.spec, node=replace(self.spec.node, config=str(cfg)))
+            self.node = ManagedProcess(self.node_argv(), name="node", log_dir=self.log_dir, env=env)
+        since = self.node.mark()
+        self.node.start()
+        self.node_starts += 1
+        await self.node.wait_for_line_async(NODE_READY, 90, since=since)
+
+    async def kill_node(self) -> None:
+        if self.node is not None:
+            await asyncio.to_thread(self.node.kill)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def make_keys(self) -> Path:
+        from node.bus import signing
+
+        self.key_file = self.workdir / "tc-keys.json"
+        signing.write_keys(self.key_file, {self.node_id: signing.new_key()})
+        return self.key_file
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.start_broker()
+            await self.start_board()
+            if self.params.tc_keys:
+                self.make_keys()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        # The node first, so it says goodbye on the bus rather than seeing its board vanish.
+        for proc in (self.node, self.board):
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    await proc.stop_async(timeout=2.0)
+        if self.mosquitto is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.mosquitto.close)
+        if self.embedded is not None:
+            with contextlib.suppress(Exception):
+                await self.embedded.stop()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+__all__ = ["BenchRun", "BenchSpec", "RunParams", "default_bench", "free_port", "load_bench", "parse_bench"]

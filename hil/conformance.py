@@ -1,0 +1,574 @@
+"""``umbra-hil conformance PORT [--hil PORT]``: check a board against docs/ICD.md.
+
+Talks to the board's main port as a node would, but frame by frame (own numbering, own
+retransmissions, deliberate mistakes), and to the HIL port as a harness.  Each check says
+which ICD rule it exercises and, when the board breaks it, what it did instead.  No node
+may be attached to the main port while this runs.  The board is left with a fresh session
+and its default time settings; caps and rails are restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cobs.cobs as cobs_mod
+import msgpack
+import serial
+import serial_asyncio_fast
+
+from node.errors import LinkError
+from node.link.codec import FrameDecoder, encode_frame
+from node.link.messages import (
+    Ack,
+    AckStatus,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    HilGet,
+    HilSet,
+    HilValue,
+    Message,
+    ResetBoard,
+    Sensor,
+    SensorFlag,
+    SetCaps,
+    SetRail,
+    StepDone,
+)
+
+#: Names every board with a HIL port must serve (ICD §4.12, "Required").
+REQUIRED_HIL = ("demand_w", "sink_c", "t_board", "temp_c", "cap_w", "power_w", "progress", "watchdog_safe")
+
+
+@dataclass
+class Check:
+    name: str
+    icd: str
+    ok: bool
+    detail: str = ""
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Rx:
+    seq: int
+    message: Message
+    at: float
+
+
+class Port:
+    """One serial port, frame by frame: write bytes, read decoded frames with arrival times."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.decoder = FrameDecoder()
+        self.frames: list[Rx] = []
+        self.seq = 0
+        self._transport: asyncio.Transport | None = None
+        self._new = asyncio.Event()
+        self.last_write = 0.0
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        port = self
+
+        class _P(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                port.decoder.feed(data)
+                while (f := port.decoder.next_frame()) is not None:
+                    port.frames.append(Rx(f.seq, f.message, time.monotonic()))
+                port._new.set()
+
+        try:
+            self._transport, _ = await serial_asyncio_fast.create_serial_connection(loop, _P, self.url,
+                                                                                   baudrate=115_200)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"cannot open {self.url}: {exc}", endpoint=self.url) from None
+        self.write(b"\x00")  # end whatever partial frame the line holds (§2.7)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+        self.last_write = time.monotonic()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def frame(self, msg: Message, seq: int | None = None) -> tuple[int, bytes]:
+        s = self.next_seq() if seq is None else seq
+        return s, encode_frame(msg, s)
+
+    def send(self, msg: Message) -> int:
+        s, wire = self.frame(msg)
+        self.write(wire)
+        return s
+
+    def mark(self) -> int:
+        return len(self.frames)
+
+    async def wait(self, pred: Callable[[Rx], bool], timeout: float, since: int = 0) -> Rx | None:
+        deadline = time.monotonic() + timeout
+        i = since
+        while True:
+            while i < len(self.frames):
+                if pred(self.frames[i]):
+                    return self.frames[i]
+                i += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._new.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new.wait(), left)
+
+    def since(self, mark: int) -> list[Rx]:
+        return self.frames[mark:]
+
+    async def ack(self, seq: int, timeout: float = 1.0, since: int = 0) -> Rx | None:
+        return await self.wait(lambda r: isinstance(r.message, Ack) and r.message.ack_seq == seq, timeout, since)
+
+    async def hello(self, lo: int = 1, hi: int = 1, name: str = "umbra-conformance",
+                    timeout: float = 3.0) -> HelloAck | None:
+        mark = self.mark()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.write(encode_frame(Hello(node_id=name, min_version=lo, max_version=hi), 0))
+            got = await self.wait(lambda r: isinstance(r.message, HelloAck), 0.5, mark)
+            if got is not None:
+                self.seq = 0
+                assert isinstance(got.message, HelloAck)
+                return got.message
+        return None
+
+    async def sensor(self, timeout: float = 3.0, since: int | None = None) -> Sensor | None:
+        got = await self.wait(lambda r: isinstance(r.message, Sensor), timeout,
+                              self.mark() if since is None else since)
+        return got.message if got is not None and isinstance(got.message, Sensor) else None
+
+
+def raw_frame(body_obj: Any) -> bytes:
+    body = msgpack.packb(body_obj, use_bin_type=True)
+    return bytes(cobs_mod.encode(body + zlib.crc32(body).to_bytes(4, "little"))) + b"\x00"
+
+
+class Conformance:
+    def __init__(self, port: str, hil: str | None) -> None:
+        self.main = Port(port)
+        self.hil = Port(hil) if hil else None
+        self.results: list[Check] = []
+        self.info: HelloAck | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._beating = asyncio.Event()
+
+    def record(self, name: str, icd: str, ok: bool, detail: str = "", skipped: bool = False) -> bool:
+        self.results.append(Check(name, icd, bool(ok), detail, skipped))
+        return ok
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._beating.wait()
+            with contextlib.suppress(Exception):
+                self.main.send(Heartbeat(uptime_s=time.monotonic() % 1e9))
+            await asyncio.sleep(0.2)
+
+    # -- checks ------------------------------------------------------------------------------
+
+    async def handshake(self) -> bool:
+        ack = await self.main.hello()
+        if ack is None:
+            return self.record("handshake", "§4.2 S2", False, "no HELLO_ACK within 3 s to HELLO(1..1)")
+        self.info = ack
+        ok = ack.version == 1 and 1 <= ack.gpu_count <= 32 and ack.cap_min_w <= ack.cap_max_w
+        self.record("handshake", "§4.2 S2, S6", ok,
+                    f"board {ack.board_id} fw {ack.fw_version}: v{ack.version}, {ack.gpu_count} GPUs, caps "
+                    f"{ack.cap_min_w:g}-{ack.cap_max_w:g} W, {ack.sensor_rate_hz:g} Hz, watchdog {ack.watchdog_s:g} s")
+        return ok
+
+    async def versions(self) -> None:
+        wide = await self.main.hello(1, 9)
+        self.record("version: common range picks the highest common", "§4.2 S4",
+                    wide is not None and wide.version == min(9, wide.max_version),
+                    f"HELLO(1..9) → version {wide.version if wide else 'no answer'}")
+        none = await self.main.hello(200, 255)
+        self.record("version: no common version answers 0", "§4.2 S4",
+                    none is not None and none.version == 0,
+                    f"HELLO(200..255) → version {none.version if none else 'no answer'}")
+        again = await self.main.hello()
+        self.record("version: session re-opens with HELLO(1..1)", "§4.2 S1/S2", again is not None and again.version == 1)
+
+    async def numbering(self) -> None:
+        mark = self.main.mark()
+        await self.main.hello()
+        after = [r for r in self.main.since(mark) if r.seq != 0]
+        first = after[0].seq if after else None
+        if first is None:
+            got = await self.main.wait(lambda r: r.seq != 0, 2.0, mark)
+            first = got.seq if got else None
+        self.record("numbering restarts at 1 after HELLO", "§3.1, §4.2 S2", first == 1, f"first numbered frame: {first}")
+
+    async def sensor_stream(self) -> None:
+        assert self.info is not None
+        mark = self.main.mark()
+        await asyncio.sleep(2.0)
+        frames = self.main.since(mark)
+        sensors = [r for r in frames if isinstance(r.message, Sensor)]
+        readings = [r.message for r in sensors if isinstance(r.message, Sensor)]
+        ok_len = all(len(m.temp_c) == self.info.gpu_count for m in readings)
+        ts = [m.t_board for m in readings]
+        monotonic = all(b > a for a, b in itertools.pairwise(ts))
+        self.record("SENSOR frames arrive with gpu_count-long arrays and rising t_board", "§4.4",
+                    bool(sensors) and ok_len and monotonic, f"{len(sensors)} SENSOR frames in 2 s")
+        arrivals = [r.at for r in frames]
+        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=math.inf)
+        self.record("board never silent > 0.25 s while a session is open", "§4.3", gap <= 0.3,
+                    f"longest silence {gap:.3f} s")
+
+    async def commands(self) -> None:
+        info = self.info
+        assert info is not None
+        n, lo, hi = info.gpu_count, info.cap_min_w, info.cap_max_w
+        target = [round((lo + hi) / 2, 1)] * n
+        mark = self.main.mark()
+        seq = self.main.send(SetCaps(cap_w=tuple(target)))
+        a = await self.main.ack(seq, 1.0, mark)
+        self.record("SET_CAPS in range → ACK OK", "§4.5, §3.3", _code(a) == AckStatus.OK,
+                    _status(a))
+        s = await self._sensor_where(lambda s: all(abs(c - target[0]) < 1e-6 for c in s.cap_w), 3.0)
+        self.record("SET_CAPS takes effect (SENSOR cap_w)", "§4.5", s is not None)
+        if hi + 100 <= 5000:
+            mark = self.main.mark()
+            seq = self.main.send(SetCaps(cap_w=tuple([hi + 100.0] * n)))
+            a = await self.main.ack(seq, 1.0, mark)
+            bad = _code(a) == AckStatus.BAD_ARGUMENT
+            s2 = await self.main.sensor(2.0)
+            unchanged = s2 is not None and all(abs(c - target[0]) < 1e-6 for c in s2.cap_w)
+            self.record("SET_CAPS out of range → BAD_ARGUMENT, nothing changes", "§4.5", bad and unchanged,
+                        f"{_status(a)}; caps after: {s2.cap_w[:2] if s2 else '?'}")
+        if n < 32:
+            mark = self.main.mark()
+            seq = self.main.send(SetCaps(cap_w=tuple([lo] * (n + 1))))
+            a = await self.main.ack(seq, 1.0, mark)
+            self.record("SET_CAPS wrong length → BAD_ARGUMENT", "§4.5",
+                        _code(a) == AckStatus.BAD_ARGUMENT, _status(a))
+        mark = self.main.mark()
+        seq = self.main.send(SetRail(gpu=0, on=False))
+        a = await self.main.ack(seq, 1.0, mark)
+        off = await self._sensor_where(lambda s: not s.rails & 1, 3.0)
+        mark = self.main.mark()
+        seq2 = self.main.send(SetRail(gpu=0, on=True))
+        a2 = await self.main.ack(seq2, 1.0, mark)
+        on = await self._sensor_where(lambda s: bool(s.rails & 1), 3.0)
+        self.record("SET_RAIL off/on → ACK OK and SENSOR rails follow", "§4.6",
+                    _code(a) == 0 and _code(a2) == 0
+                    and off is not None and on is not None, f"{_status(a)}, {_status(a2)}")
+        if n < 32:
+            mark = self.main.mark()
+            seq = self.main.send(SetRail(gpu=n, on=False))
+            a = await self.main.ack(seq, 1.0, mark)
+            self.record("SET_RAIL unknown GPU → BAD_ARGUMENT", "§4.6",
+                        _code(a) == AckStatus.BAD_ARGUMENT, _status(a))
+
+    async def reliability(self) -> None:
+        info = self.info
+        assert info is not None
+        n = info.gpu_count
+        caps = tuple([info.cap_max_w] * n)
+        # Duplicate: the same frame twice → the same ACK twice, executed once.
+        seq, wire = self.main.frame(SetCaps(cap_w=caps))
+        mark = self.main.mark()
+        self.main.write(wire)
+        first = await self.main.ack(seq, 1.0, mark)
+        mark2 = self.main.mark()
+        self.main.write(wire)
+        second = await self.main.ack(seq, 1.0, mark2)
+        self.record("duplicate reliable frame → re-ACK with the same status", "§3.3, §3.6",
+                    first is not None and second is not None
+                    and _code(first) == _code(second),
+                    f"first {_status(first)}, repeat {_status(second)}")
+        # A dropped frame: the next one arrives first, the retransmission later (late frame).
+        lost_seq, lost_wire = self.main.frame(SetRail(gpu=0, on=True))
+        mark = self.main.mark()
+        later = self.main.send(SetCaps(cap_w=caps))
+        got_later = await self.main.ack(later, 1.0, mark)
+        self.main.write(lost_wire)  # the retransmission of the dropped frame, same seq
+        got_lost = await self.main.ack(lost_seq, 1.0, mark)
+        self.record("retransmission after a dropped frame is delivered and acknowledged", "§3.4, §3.6 late",
+                    got_later is not None and got_lost is not None,
+                    f"ACK of later frame: {_status(got_later)}; of the retransmitted one: {_status(got_lost)}")
+        # A corrupted transmission, then the byte-identical retransmission.
+        before = await self.main.sensor(2.0)
+        seq, wire = self.main.frame(SetCaps(cap_w=caps))
+        bad = bytearray(wire)
+        bad[len(bad) // 2] ^= 0x5A if bad[len(bad) // 2] ^ 0x5A else 0x33
+        mark = self.main.mark()
+        self.main.write(bytes(bad))
+        none = await self.main.ack(seq, 0.4, mark)
+        self.main.write(wire)
+        ok = await self.main.ack(seq, 1.0, mark)
+        after = await self.main.sensor(2.0)
+        counted = before is not None and after is not None and after.rx_errors > before.rx_errors
+        self.record("corrupted frame is not acknowledged; its retransmission is", "§2.8, §3.4",
+                    none is None and ok is not None, f"ACK to the corrupt copy: {_status(none)}; to the retry: {_status(ok)}")
+        self.record("rejected frames counted in SENSOR.rx_errors", "§2.9, §4.4", counted,
+                    f"rx_errors {before.rx_errors if before else '?'} → {after.rx_errors if after else '?'}")
+        # Garbage, then a valid frame: resynchronise at the next 0x00.
+        mark = self.main.mark()
+        self.main.write(os.urandom(200).replace(b"\x00", b"\x01") + b"\x00")
+        seq = self.main.send(SetCaps(cap_w=caps))
+        a = await self.main.ack(seq, 1.0, mark)
+        self.record("resynchronises after garbage", "§2.7", a is not None, _status(a))
+        # Numbered frame with seq 0 (not HELLO): dropped, not acknowledged.
+        mark = self.main.mark()
+        self.main.write(encode_frame(SetCaps(cap_w=caps), 0))
+        a = await self.main.ack(0, 0.5, mark) if False else await self.main.wait(
+            lambda r: isinstance(r.message, Ack) and r.seq > 0 and r.message.ack_seq == 0, 0.5, mark)
+        self.record("reliable frame numbered 0 is dropped", "§3.1", a is None)
+        # Wrong version and unknown type: rejected silently.
+        mark = self.main.mark()
+        s1 = self.main.next_seq()
+        self.main.write(raw_frame([2, 0x20, s1, {"cap_w": list(caps)}]))
+        s2 = self.main.next_seq()
+        self.main.write(raw_frame([1, 0x7E, s2, {}]))
+        a = await self.main.wait(lambda r: isinstance(r.message, Ack) and r.message.ack_seq in (s1, s2), 0.5, mark)
+        self.record("wrong version / unknown type are rejected without an answer", "§2.8 steps 8, 10", a is None)
+        # HIL messages on the main port.
+        mark = self.main.mark()
+        seq = self.main.send(HilSet(name="demand_w", value=100.0))
+        a = await self.main.ack(seq, 1.0, mark)
+        self.record("HIL_SET on the main port → ACK UNSUPPORTED", "§4.8",
+                    _code(a) == AckStatus.UNSUPPORTED, _status(a))
+        mark = self.main.mark()
+        self.main.send(HilGet(name="t_board"))
+        v = await self.main.wait(lambda r: isinstance(r.message, HilValue), 0.5, mark)
+        self.record("HIL_GET on the main port is ignored", "§4.8", v is None)
+
+    async def watchdog(self) -> None:
+        info = self.info
+        assert info is not None
+        if info.watchdog_s > 10:
+            self.record("watchdog", "§4.3", True, f"skipped: watchdog_s = {info.watchdog_s:g} s > 10 s", skipped=True)
+            return
+        self._beating.clear()
+        await asyncio.sleep(0.25)
+        mark = self.main.mark()
+        quiet_from = self.main.last_write  # the watchdog runs from our last frame
+        safe = await self.main.wait(lambda r: isinstance(r.message, Sensor)
+                                    and bool(r.message.flags & SensorFlag.WATCHDOG_SAFE), info.watchdog_s + 3.0, mark)
+        tripped_after = (safe.at - quiet_from) if safe else None
+        frames = self.main.since(mark)
+        arrivals = [r.at for r in frames]
+        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=math.inf)
+        ok = (safe is not None and isinstance(safe.message, Sensor) and tripped_after is not None
+              and tripped_after >= info.watchdog_s - 0.3
+              and all(abs(c - info.cap_min_w) < 1e-6 for c in safe.message.cap_w))
+        self.record("watchdog: node silent for watchdog_s → WATCHDOG_SAFE and caps at cap_min_w", "§4.3", ok,
+                    f"tripped after {tripped_after if tripped_after is None else round(tripped_after, 2)} s "
+                    f"(watchdog_s {info.watchdog_s:g}); caps {getattr(safe.message, 'cap_w', ())[:2] if safe else '?'}")
+        self.record("board keeps talking while the node is silent", "§4.3", gap <= 0.3, f"longest silence {gap:.3f} s")
+        self.main.send(Heartbeat(uptime_s=1.0))
+        self._beating.set()
+        cleared = await self._sensor_where(lambda s: not s.flags & SensorFlag.WATCHDOG_SAFE, 2.0)
+        self.record("watchdog: the next valid frame clears WATCHDOG_SAFE", "§4.3", cleared is not None)
+
+    async def lockstep(self, hil: Port | None) -> None:
+        if hil is None:
+            self.record("STEP_DONE / lockstep", "§4.3 STEP_DONE", True, "skipped: needs --hil", skipped=True)
+            return
+        ok_set = await self._hil_set(hil, "time.lockstep_timeout_s", 3.0) == AckStatus.OK
+        ok_set &= await self._hil_set(hil, "time.lockstep", 1.0) == AckStatus.OK
+        if not ok_set:
+            self.record("STEP_DONE / lockstep", "§4.12 time.lockstep", False, "board refused time.lockstep")
+            return
+        await asyncio.sleep(0.3)
+        first = await self.main.sensor(3.5)
+        mark = self.main.mark()
+        await asyncio.sleep(0.6)
+        held = not any(isinstance(r.message, Sensor) for r in self.main.since(mark))
+        t0 = first.t_board if first else 0.0
+        stepped = []
+        for _ in range(3):
+            mark = self.main.mark()
+            self.main.send(StepDone(t_board=t0))
+            s = await self.main.sensor(1.0, since=mark)
+            if s is None:
+                break
+            stepped.append(s.t_board)
+            t0 = s.t_board
+        await self._hil_set(hil, "time.lockstep", 0.0)
+        await self._hil_set(hil, "time.lockstep_timeout_s", 1.0)
+        self.record("lockstep: no SENSOR until STEP_DONE", "§4.3 STEP_DONE", first is not None and held)
+        self.record("lockstep: each STEP_DONE releases the next frame", "§4.3 STEP_DONE", len(stepped) == 3,
+                    f"t_board after STEP_DONEs: {stepped}")
+
+    async def reset(self) -> None:
+        before = await self.main.sensor(2.0)
+        mark = self.main.mark()
+        seq = self.main.send(ResetBoard())
+        a = await self.main.ack(seq, 1.0, mark)
+        s = await self.main.wait(lambda r: isinstance(r.message, Sensor) and r.at > (a.at if a else 0), 3.0, mark)
+        ok = (_code(a) == AckStatus.OK and s is not None and before is not None
+              and getattr(s.message, "t_board", math.inf) < before.t_board)
+        renumbered = s is not None and s.seq <= 3
+        self.record("RESET_BOARD → ACK OK, board time restarts", "§4.6.1", ok,
+                    f"{_status(a)}; t_board {before.t_board if before else '?'} → {getattr(s.message, 't_board', '?') if s else '?'}")
+        self.record("RESET_BOARD: board restarts its numbering", "§4.6.1", renumbered,
+                    f"first SENSOR seq after reset: {s.seq if s else '?'}")
+        await self.main.hello()
+
+    async def hil_port(self, hil: Port | None) -> None:
+        if hil is None:
+            self.record("HIL port", "§4.9-4.12", True, "skipped: no --hil", skipped=True)
+            return
+        ack = await hil.hello(name="umbra-conformance-hil")
+        self.record("HIL port: HELLO → HELLO_ACK", "§4.2 S7", ack is not None and ack.version == 1)
+        if ack is None:
+            return
+        assert self.info is not None
+        n = self.info.gpu_count
+        missing = []
+        for name in REQUIRED_HIL:
+            v = await self._hil_get(hil, name)
+            per_gpu = name in ("temp_c", "cap_w", "power_w", "progress")
+            if v is None or (per_gpu and (not isinstance(v, tuple) or len(v) != n)) or (
+                    not per_gpu and name != "demand_w" and (isinstance(v, tuple) or math.isnan(v))):
+                missing.append(f"{name}={v!r}")
+        self.record("HIL port: every required name answers with its shape", "§4.12", not missing, "; ".join(missing))
+        v = await self._hil_get(hil, "no.such.name")
+        self.record("HIL port: unknown name reads NaN", "§4.11", isinstance(v, float) and math.isnan(v), f"{v!r}")
+        st = await self._hil_set(hil, "t_board", 5.0)
+        self.record("HIL port: read-only name → BAD_ARGUMENT", "§4.9", st == AckStatus.BAD_ARGUMENT, f"status {st}")
+        old = await self._hil_get(hil, "demand_w")
+        st = await self._hil_set(hil, "demand_w", 321.0)
+        now = await self._hil_get(hil, "demand_w")
+        ok = st == AckStatus.OK and now is not None and all(abs(x - 321.0) < 1e-6 for x in _seq(now))
+        self.record("HIL port: HIL_SET demand_w → OK, reads back", "§4.9, §4.12", ok, f"status {st}, reads {now!r}")
+        if old is not None:
+            await self._hil_set(hil, "demand_w", tuple(_seq(old)) if isinstance(old, tuple) else old)
+        mark = hil.mark()
+        seq = hil.send(SetCaps(cap_w=tuple([self.info.cap_max_w] * n)))
+        a = await hil.ack(seq, 1.0, mark)
+        self.record("HIL port: SET_CAPS → ACK UNSUPPORTED", "§4.8",
+                    _code(a) == AckStatus.UNSUPPORTED, _status(a))
+        mark = hil.mark()
+        seq, wire = hil.frame(HilSet(name="sink_c", value=-40.0))
+        hil.write(wire)
+        a1 = await hil.ack(seq, 1.0, mark)
+        mark = hil.mark()
+        hil.write(wire)
+        a2 = await hil.ack(seq, 1.0, mark)
+        self.record("HIL port: duplicate HIL_SET → re-ACK", "§3.3", a1 is not None and a2 is not None)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _sensor_where(self, pred: Callable[[Sensor], bool], timeout: float) -> Sensor | None:
+        got = await self.main.wait(lambda r: isinstance(r.message, Sensor) and pred(r.message), timeout,
+                                   self.main.mark())
+        return got.message if got is not None and isinstance(got.message, Sensor) else None
+
+    async def _hil_set(self, hil: Port, name: str, value: Any) -> int | None:
+        mark = hil.mark()
+        seq = hil.send(HilSet(name=name, value=value))
+        for _ in range(5):
+            a = await hil.ack(seq, 0.3, mark)
+            if a is not None:
+                return _code(a)
+            hil.write(encode_frame(HilSet(name=name, value=value), seq))  # retransmit, same seq
+        return None
+
+    async def _hil_get(self, hil: Port, name: str) -> Any:
+        for _ in range(5):
+            mark = hil.mark()
+            seq = hil.send(HilGet(name=name))
+            got = await hil.wait(_value_for(seq), 0.5, mark)
+            if got is not None and isinstance(got.message, HilValue):
+                return got.message.value
+        return None
+
+    async def run(self) -> list[Check]:
+        await self.main.open()
+        if self.hil is not None:
+            await self.hil.open()
+        self._beat = asyncio.create_task(self._heartbeat(), name="umbra.conformance.heartbeat")
+        try:
+            if not await self.handshake():
+                return self.results
+            self._beating.set()
+            steps: list[Callable[[], Awaitable[None]]] = [
+                self.versions, self.numbering, self.sensor_stream, self.commands, self.reliability,
+                self.watchdog, lambda: self.lockstep(self.hil), self.reset, lambda: self.hil_port(self.hil),
+            ]
+            for step in steps:
+                try:
+                    await step()
+                except Exception as exc:  # a board that breaks a check must not end the others
+                    self.record(getattr(step, "__name__", "check"), "—", False, f"{type(exc).__name__}: {exc}")
+            # Leave the board as we found it: caps at maximum, a fresh session for the node.
+            if self.info is not None:
+                self.main.send(SetCaps(cap_w=tuple([self.info.cap_max_w] * self.info.gpu_count)))
+                await asyncio.sleep(0.3)
+        finally:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self.main.close()
+            if self.hil is not None:
+                self.hil.close()
+        return self.results
+
+
+def _seq(v: Any) -> tuple[float, ...]:
+    return tuple(v) if isinstance(v, tuple) else (float(v),)
+
+
+def _value_for(seq: int) -> Callable[[Rx], bool]:
+    return lambda r: isinstance(r.message, HilValue) and r.message.ref == seq
+
+
+def _code(a: Rx | None) -> int | None:
+    """The status of an ACK frame, None when there was none."""
+    return int(a.message.status) if a is not None and isinstance(a.message, Ack) else None
+
+
+def _status(a: Rx | None) -> str:
+    if a is None:
+        return "no ACK"
+    msg = a.message
+    if isinstance(msg, Ack):
+        try:
+            return f"ACK {AckStatus(msg.status).name}"
+        except ValueError:
+            return f"ACK status {msg.status}"
+    return type(msg).__name__
+
+
+async def run_conformance(port: str, *, hil: str | None = None) -> list[Check]:
+    return await Conformance(port, hil).run()
+
+
+def format_results(results: list[Check]) -> str:
+    lines = []
+    for r in results:
+        mark = "SKIP" if r.skipped else ("ok  " if r.ok else "FAIL")
+        lines.append(f"{mark} {r.name}  [{r.icd}]" + (f"\n       {r.detail}" if r.detail else ""))
+    bad = [r for r in results if not r.ok]
+    lines.append("")
+    lines.append(f"{len(results) - len(bad)}/{len(results)} checks passed"
+                 + (": the board got these wrong: " + "; ".join(r.name for r in bad) if bad else ""))
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""``umbra-hil list | run | conformance``: the harness commands (parsers in hil/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from node.errors import ConfigError
+
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def cmd_list() -> int:
+    from hil.scenario import library
+
+    for name, s in library().items():
+        dur = f"{s.orbits:g} orbits" if s.orbits is not None else f"{s.seconds:g} s"
+        quick = (f"{s.quick_orbits:g} orbits" if s.quick_orbits is not None
+                 else f"{s.quick_seconds:g} s" if s.quick_seconds is not None else dur)
+        print(f"{name:<22} {s.title}  [{s.orbit}, {dur}; quick {quick}]")
+        for m in s.measures:
+            lim = m.limits()
+            print(f"    {m.metric:<24} {lim:<14} {m.unit:<6} {'(with --compare) ' if m.compare else ''}{m.why}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hil import report
+    from hil.benchfile import load_bench
+    from hil.runner import run_many
+    from hil.scenario import resolve
+
+    try:
+        scenarios = resolve(args.scenarios)
+        bench = load_bench(args.bench)
+    except ConfigError as exc:
+        print(f"umbra-hil: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.jobs < 1:
+        print("umbra-hil: error: -j must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.compare == args.policy:
+        print("umbra-hil: error: --compare must differ from --policy", file=sys.stderr)
+        return EXIT_USAGE
+    report_dir = Path(args.report)
+    pairs = asyncio.run(run_many(scenarios, bench, report_dir=report_dir, compare=args.compare,
+                                 jobs=args.jobs, quick=args.quick, policy=args.policy))
+    table = report.write_report(pairs, report_dir)
+    print(table)
+    print(f"\numbra-hil: report in {report_dir}/ (summary.md, junit.xml, <scenario>/<policy>/record.json, run.png)")
+    return 0 if all(m.verdict == "pass" for m, _ in pairs) else EXIT_FAIL
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from hil.conformance import format_results, run_conformance
+
+    results = asyncio.run(run_conformance(args.port, hil=args.hil))
+    print(format_results(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return 0 if all(r.ok for r in results) else EXIT_FAIL
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return cmd_list()
+    if args.command == "run":
+        return cmd_run(args)
+    return cmd_conformance(args)

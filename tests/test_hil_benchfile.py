@@ -1,0 +1,91 @@
+"""Bench files, scenario files and reports: parsing, validation that names the key, output."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from hil.benchfile import default_bench, parse_bench
+from hil.report import summary_table, write_report
+from hil.runner import RunResult, Sample, judge
+from hil.scenario import library, parse_scenario
+from node.errors import ConfigError
+
+
+def test_bench_file_round_trip():
+    spec = parse_bench({
+        "board": {"kind": "port", "port": "/dev/ttyUSB0", "hil": "/dev/ttyUSB1"},
+        "broker": {"kind": "external", "host": "10.0.0.2", "port": 1883, "username": "u", "password": "p"},
+        "node": {"node_id": "dev-1", "hk_rate_hz": 5},
+        "time": {"lockstep": False, "speed": 60},
+    }, "bench.toml")
+    assert spec.board.kind == "port" and spec.broker.port == 1883 and spec.time.speed == 60
+    assert spec.to_dict()["broker"]["password"] == "***"
+    assert default_bench().time.lockstep
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"board": {"kind": "fpga"}}, "board.kind"),
+    ({"board": {"kind": "port", "port": "/dev/ttyUSB0"}}, "board.port"),
+    ({"broker": {"kind": "external"}}, "broker.port"),
+    ({"time": {"speed": 0}}, "time.speed"),
+    ({"node": {"colour": 1}}, "node.colour"),
+    ({"oven": {}}, "oven"),
+])
+def test_bench_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_bench(data, "b.toml")
+    assert err.value.key == key
+
+
+def test_library_has_every_required_scenario():
+    names = set(library())
+    assert {"nominal-sso", "beta0", "low-battery-eclipse", "radiator-degradation", "pump-failure",
+            "sensor-faults", "upset-storm", "serial-noise", "board-reset", "node-crash", "broker-outage",
+            "command-storm", "ground-restart"} <= names
+    for s in library().values():
+        assert s.measures, s.name
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"title": "x", "orbits": 1, "measure": [{"metric": "fun"}]}, "measure[0].metric"),
+    ({"title": "x"}, "orbits"),
+    ({"title": "x", "orbits": 1, "at": [{"t_s": 1, "action": "dance"}]}, "at[0].action"),
+    ({"title": "x", "orbits": 1, "orbit": "mars"}, "orbit"),
+])
+def test_scenario_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_scenario("s", data)
+    assert err.value.key == key
+
+
+def _fake(tmp_path: Path, policy: str, temp: float, work: float) -> RunResult:
+    s = library()["beta0"]
+    r = RunResult(scenario=s, policy=policy, run_dir=tmp_path / s.name / policy, duration_s=100.0, period_s=5730.0, seed=s.seed)
+    r.samples = [Sample(t_s=t, wall_s=t / 100, temp_c=[temp - 10 + t / 10] * 2, cap_w=[500.0] * 2,
+                        power_w=[400.0] * 2, soc=0.9, work_done=t, work_lost=0.0, eclipse=t > 50,
+                        shutdowns=0.0, seu=0.0, radiator_c=30.0) for t in range(0, 101, 10)]
+    r.modes = [(0.0, "NOMINAL"), (60.0, "THERMAL_LIMIT")]
+    r.metrics = {"max_temp_c": temp, "slowdown_s": 0.0, "shutdowns": 0.0, "soc_min": 0.8,
+                 "telemetry_gaps": 0.0, "work_useful": work, "work_vs_bound": 0.5, "work_bound": 2 * work}
+    return r
+
+
+def test_report_files_and_compare(tmp_path):
+    umbra, base = _fake(tmp_path, "umbra", 80.0, 100.0), _fake(tmp_path, "baseline", 89.5, 90.0)
+    judge(umbra, base)
+    judge(base)
+    assert umbra.metrics["work_vs_baseline"] == pytest.approx(100 / 90)
+    assert umbra.verdict == "pass" and base.verdict == "fail"
+    table = write_report([(umbra, base)], tmp_path)
+    assert "beta0" in table and "PASS" in table
+    rec = json.loads((tmp_path / "beta0" / "umbra" / "record.json").read_text())
+    assert rec["verdict"] == "pass" and rec["measurements"] and "versions" in rec and rec["seed"] == 1
+    assert (tmp_path / "beta0" / "umbra" / "run.png").stat().st_size > 10_000
+    assert (tmp_path / "beta0" / "compare.png").exists()
+    suites = ET.parse(tmp_path / "junit.xml").getroot()
+    assert len(suites.findall("testsuite")) == 2
+    assert "| scenario |" in summary_table([(umbra, None)])
