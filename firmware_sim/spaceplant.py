@@ -385,7 +385,8 @@ class SpacePlant:
         g[ph.G_ALIVE] = 1.0
         g[ph.G_SLOWED] = 0.0
         g[ph.G_RAIL] = 1.0
-        g[ph.G_CAP] = c.cap_max_w
+        # Safe boot: hot GPUs must not run at full power until the node is back in control.
+        g[ph.G_CAP] = c.cap_min_w
         g[ph.G_XID] = 0.0
         g[ph.G_ECC] = 0.0
         self._ckpt_until[:] = -np.inf  # a checkpoint in progress dies with the board

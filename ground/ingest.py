@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ground.archive import Archive, Storable, StoreResult
 from ground.tail import Backoff
@@ -57,6 +59,15 @@ class IngestStats:
     last_error: str = ""
 
 
+def _persistent_session(protocol: aiomqtt.ProtocolVersion) -> dict[str, Any]:
+    """Keep the session (and the QoS 1 messages queued for it) for an hour of absence."""
+    if protocol is aiomqtt.ProtocolVersion.V5:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        return {"clean_start": False, "properties": props}
+    return {"clean_session": False}
+
+
 class Ingestor:
     def __init__(
         self,
@@ -74,7 +85,11 @@ class Ingestor:
         self.archive = archive
         self.host, self.port = host, port
         self.shared = shared
-        self.client_id = client_id or f"umbra-ingest-{uuid.uuid4().hex[:8]}"
+        # A stable id per archive (and worker) lets the broker keep the session while ground
+        # is down: with QoS 1 it queues what arrives meanwhile, so a restart loses nothing.
+        self.client_id = client_id or "umbra-ingest-" + hashlib.sha1(
+            f"{archive.url}|{shared}|{getattr(archive, 'worker', '')}".encode()
+        ).hexdigest()[:12]
         self.batch_max, self.batch_wait = batch_max, batch_wait
         self.backoff = backoff or Backoff()
         self.qos = qos
@@ -118,7 +133,7 @@ class Ingestor:
             try:
                 async with aiomqtt.Client(
                     self.host, self.port, identifier=self.client_id, protocol=protocol,
-                    keepalive=10, timeout=5.0,
+                    keepalive=10, timeout=5.0, **_persistent_session(protocol),
                 ) as client:
                     for f in subs:
                         await client.subscribe(f, qos=self.qos)

@@ -44,6 +44,7 @@ _FLAG_NAMES = (
     (kernels.FLAG_RANGE, "out of range"),
     (kernels.FLAG_STUCK, "stuck"),
     (kernels.FLAG_INNOVATION, "disagrees with the model"),
+    (kernels.FLAG_NEIGHBOURS, "reads colder than its neighbours"),
 )
 
 
@@ -96,6 +97,11 @@ class NodeController:
             spawn=self._spawn,
         )
         self._named_jobs: dict[str, tuple[int, int]] = {}  # ground-submitted job → (GPU mask, priority)
+        # Load shedding: GPU → board time its rail goes off (after its checkpoint), and off ones.
+        self._shedding: dict[int, float] = {}
+        self._shed: set[int] = set()
+        self._short_frames = 0
+        self._surplus_frames = 0
         self._paused_gpus: set[int] = set()
         # Parameters changed by command persist here and win over the config file at start.
         self._params_path = params_path
@@ -315,6 +321,7 @@ class NodeController:
             board_flags=s.flags if s else 0,
             link=self._board.stats(),
             control_us=self._control_us,
+            jobs=self._jobs.telemetry(),
         )
 
     async def _hk_loop(self) -> None:
@@ -380,6 +387,7 @@ class NodeController:
         self._law.reset(gpu_count=n, cap_min_w=info.cap_min_w, cap_max_w=info.cap_max_w)
         self._fdir.reset()
         self._jobs.reset(n)
+        self._shedding, self._shed = {}, set()
         self._fdir_limits = np.full(n, np.inf)
         self._xid_seen = np.full(n, np.nan)
         self._rail_on_at = {}
@@ -436,11 +444,15 @@ class NodeController:
                 pass  # the link just went down; its event is on the way
         self._budget_w = result.budget_w
         self._run_fdir(sensor, result.sensor_flags, info)
+        if self.mode is not Mode.SAFE:
+            self._manage_load(sensor, info, result.budget_w)
         p = self._config.control
         self._jobs.on_frame(
             sensor,
             Foresight(
-                hot=self._temp_est > p.limit_c - self._config.sim_jobs.thermal_lead_k,
+                # Above the planning limit the controller is losing the GPU (pump, radiator):
+                # the hardware's slowdown and shutdown are what comes next.
+                hot=self._temp_est > p.limit_c + self._config.sim_jobs.thermal_lead_k,
                 eclipse_in_s=sensor.eclipse_in_s if sensor.eclipse_in_s >= 0.0 else float("nan"),
             ),
         )
@@ -507,6 +519,46 @@ class NodeController:
         elif change.action is Action.CHECKPOINT:
             self._event("checkpoint_request", Severity.INFO, f"{spec.name}: checkpoint requested", monitor=spec.name)
             self._jobs.request(None, spec.name)
+
+    def _manage_load(self, sensor: Sensor, info: BoardInfo, budget_w: float) -> None:
+        """Shed GPUs when even their minimum caps overdraw the budget; restore them after.
+
+        The lowest-priority GPU goes first, after a checkpoint (its rail goes off once the
+        checkpoint had time to finish), so shedding costs no work.  Persistence on both
+        sides keeps a budget hovering at the edge from switching rails back and forth.
+        """
+        if self._config.policy != "umbra" or budget_w == float("inf"):
+            return
+        t = sensor.t_board
+        on = [g for g in range(info.gpu_count)
+              if sensor.rails >> g & 1 and g not in self._shedding and g not in self._shed]
+        floor_w = info.cap_min_w * len(on)
+        self._short_frames = self._short_frames + 1 if budget_w < floor_w - 1.0 else 0
+        if self._short_frames >= 3 and on:
+            victim = min(on, key=lambda g: (self._weights[g], -g))
+            self._jobs.request(victim, "load shed ahead")
+            grace = 1.5 * self._config.sim_jobs.pause_s if self._jobs.active else 0.0
+            self._shedding[victim] = t + grace
+            self._short_frames = 0
+            self._event("load_shed", Severity.WARNING,
+                        f"budget {budget_w:.0f} W below the minimum of {len(on)} GPUs: shedding GPU {victim}",
+                        gpu=victim, budget_w=budget_w)
+        for gpu, at in list(self._shedding.items()):
+            if t >= at:
+                with contextlib.suppress(LinkError):
+                    self._board.set_rail(gpu, False)
+                    del self._shedding[gpu]
+                    self._shed.add(gpu)
+        spare = budget_w - floor_w - info.cap_min_w
+        self._surplus_frames = self._surplus_frames + 1 if self._shed and spare > 100.0 else 0
+        if self._surplus_frames >= 10:
+            gpu = max(self._shed, key=lambda g: (self._weights[g], -g))
+            with contextlib.suppress(LinkError):
+                self._board.set_rail(gpu, True)
+                self._shed.discard(gpu)
+                self._event("load_restored", Severity.INFO, f"budget {budget_w:.0f} W: GPU {gpu} back on",
+                            gpu=gpu, budget_w=budget_w)
+            self._surplus_frames = 0
 
     def _pick_operating_mode(self, thermal_bound: int, power_limited: bool) -> None:
         p = self._config.control

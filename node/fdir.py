@@ -93,7 +93,7 @@ class MonitorSpec:
 
 DEFAULT_MONITORS: tuple[MonitorSpec, ...] = (
     MonitorSpec(
-        name="gpu_temp", channel="gpu.temp_c", yellow_hi=86.0, red_hi=88.5, persistence=3,
+        name="gpu_temp", channel="gpu.temp_c", yellow_hi=87.0, red_hi=88.5, persistence=3,
         yellow_action=Action.EVENT, red_action=Action.THROTTLE,
         description="die temperature near hardware slowdown (87–89 °C on H100-class parts)",
     ),
@@ -106,9 +106,9 @@ DEFAULT_MONITORS: tuple[MonitorSpec, ...] = (
         yellow_action=Action.EVENT, description="temperature sensor faulty; the estimate stands in",
     ),
     MonitorSpec(
-        name="battery_low", channel="battery.soc", yellow_lo=0.36, red_lo=0.31, persistence=5,
+        name="battery_low", channel="battery.soc", yellow_lo=0.73, red_lo=0.70, persistence=5,
         yellow_action=Action.CHECKPOINT, red_action=Action.SAFE,
-        description="battery approaching its depth-of-discharge floor (0.30)",
+        description="battery approaching its floor (state of charge 0.70: 30 % depth of discharge)",
     ),
     MonitorSpec(
         name="radiator_high", channel="radiator.temp_c", yellow_hi=55.0, red_hi=65.0, persistence=5,

@@ -9,6 +9,7 @@ import pytest
 from node.board import BoardInfo, CommandResult, FakeBoard, LinkDown, LinkUp, SensorReading
 from node.bus.payloads import Event, Housekeeping, Mode
 from node.config import NodeConfig
+from node.control.law import ControlParams
 from node.controller import NodeController
 from node.link.messages import AckStatus, Sensor, SensorFlag, SetCaps
 
@@ -200,7 +201,7 @@ async def test_parameters_are_validated_take_effect_and_persist(tmp_path):
     path = tmp_path / "params.json"
     config = NodeConfig.from_mapping({})
     async with NodeController(config=config, board=board, publisher=pub, params_path=path) as node:
-        assert node.get_param("control.limit_c") == 85.0
+        assert node.get_param("control.limit_c") == ControlParams().limit_c
         node.set_param("control.target_c", 60.0)
         node.set_param("control.limit_c", 65.0)
         await feed(board, node, LinkUp(INFO))

@@ -82,14 +82,16 @@ def test_a_finished_checkpoint_is_counted_measured_and_stored(tmp_path):
         rig.m.on_frame(frame(0.0, (0, 0), (0, 0)), COOL)
         rig.m.request(0, "ground")
         rig.m.on_frame(frame(50.0, (50, 50), (0, 0)), COOL)
+        assert rig.sent == []  # too little work yet to be worth a checkpoint's pause
+        rig.m.on_frame(frame(100.0, (100, 100), (0, 0)), COOL)
         assert rig.sent and rig.sent[0][0] == 0
-        rig.m.on_frame(frame(60.0, (50, 60), (0, 0), ckpt=1), COOL)
-        rig.m.on_frame(frame(75.0, (55, 75), (50, 0), ckpt=0), COOL)
+        rig.m.on_frame(frame(110.0, (100, 110), (0, 0), ckpt=1), COOL)
+        rig.m.on_frame(frame(125.0, (105, 125), (100, 0), ckpt=0), COOL)
         await asyncio.gather(*rig.tasks)
         assert rig.m.checkpoints.tolist() == [1, 0]
-        assert rig.m.estimator.cost_s == pytest.approx(25.0)  # request at 50, finished at 75
+        assert rig.m.estimator.cost_s == pytest.approx(25.0)  # request at 100, finished at 125
         latest = store.latest("gpu-0")
-        assert latest is not None and latest.progress == 50.0
+        assert latest is not None and latest.progress == 100.0
         assert latest.size == SimJobConfig().store_bytes
         store.close()
 

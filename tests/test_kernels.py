@@ -260,3 +260,34 @@ def test_cap_bounds_match_reference(seed, n, rails):
         np.testing.assert_array_equal(x, y)
     off = [(rails >> i) & 1 == 0 for i in range(n)]
     assert all(a[2][i] == 0.0 and a[1][i] == 200.0 for i in range(n) if off[i])
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 32))
+def test_cross_check_matches_reference(seed, n):
+    rng = np.random.default_rng(seed)
+    x_t, x_b = rng.uniform(40, 90, n), rng.uniform(30, 70, n)
+    power = rng.uniform(0, 700, n)
+    flags = rng.integers(0, 16, n).astype(np.int64)
+    a = [x_t.copy(), x_b.copy(), flags.copy()]
+    b = [x_t.copy(), x_b.copy(), flags.copy()]
+    na = kernels.cross_check(a[0], a[1], power, 0.03, 0.025, 2.0, a[2])
+    nb = reference.cross_check(b[0], b[1], power, 0.03, 0.025, 2.0, b[2])
+    assert na == nb
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-9)
+
+
+def test_cross_check_raises_a_plate_that_reads_cold_and_moves_a_blind_one():
+    # Loop at 45 °C under every GPU at 600 W: plates at 45 + 0.025·600 = 60.
+    x_t = np.array([80.0, 80.0, 80.0, 60.0, 50.0])
+    x_b = np.array([60.0, 61.0, 59.0, 40.0, 30.0])
+    flags = np.array([0, 0, 0, 0, kernels.FLAG_STUCK], dtype=np.int64)
+    power = np.full(5, 600.0)
+    assert kernels.cross_check(x_t, x_b, power, 0.03, 0.025, 2.0, flags) == 1
+    assert flags.tolist() == [0, 0, 0, kernels.FLAG_NEIGHBOURS, kernels.FLAG_STUCK]
+    # GPU 3 reads cold: raised to the others' loop (45 °C) less 2 K, plus its plate rise.
+    assert x_b[3] == pytest.approx(45.0 - 2.0 + 15.0) and x_t[3] == pytest.approx(x_b[3] + 18.0)
+    # GPU 4's sensor is stuck: its plate follows the good GPUs' loop (mean 40 °C) + 15 K,
+    # and its die moves with it.
+    assert x_b[4] == pytest.approx(40.0 + 15.0) and x_t[4] == pytest.approx(50.0 + 25.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.config import NodeConfig
+from node.control.law import ControlParams
 from node.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def test_defaults_and_overrides(tmp_path):
     assert config.node_id == "n7"
     assert config.mqtt.port == 2000  # the flag wins over the file
     assert config.mqtt.hk_rate_hz == 2.0  # an integer is fine where a float is wanted
-    assert config.control.target_c == 82.0
+    assert config.control.target_c == ControlParams().target_c  # not set in the file
 
 
 @pytest.mark.parametrize(

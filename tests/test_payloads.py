@@ -235,6 +235,7 @@ def test_payloads_are_msgpack_maps_with_the_field_names() -> None:
         "link",
         "control_us",
         "historical",
+        "jobs",
     ]
     assert list(msgpack.unpackb(_example_event().to_wire())) == [
         "node_id",

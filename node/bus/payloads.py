@@ -200,6 +200,7 @@ class Housekeeping(_Payload):
         "link": "map of str to int",
         "control_us": "float",
         "historical": "bool",
+        "jobs": "map with str keys",
     }
     node_id: str
     seq: int
@@ -219,6 +220,8 @@ class Housekeeping(_Payload):
     control_us: float = 0.0
     #: Set by the outbox when the packet is sent from the backlog after an outage.
     historical: bool = False
+    #: Checkpointing per GPU and the interval estimator (docs/jobs.md); empty: no jobs.
+    jobs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -30,6 +30,7 @@ FLAG_NAN = 1
 FLAG_RANGE = 2
 FLAG_STUCK = 4
 FLAG_INNOVATION = 8
+FLAG_NEIGHBOURS = 16
 
 SIGMA_SB = 5.670374419e-8  # Stefan–Boltzmann, W/m²K⁴
 KELVIN = 273.15
@@ -122,6 +123,54 @@ def estimate(
         if flag != 0:
             flagged += 1
     return flagged
+
+
+@njit(cache=True)
+def cross_check(
+    x_t: np.ndarray,  # die estimates (in/out)
+    x_b: np.ndarray,  # plate estimates (in/out)
+    power_w: np.ndarray,
+    r_k_per_w: float,  # die-to-plate resistance
+    r_plate_k_per_w: float,  # plate-to-loop resistance
+    tol_k: float,
+    flags: np.ndarray,  # (in/out) FLAG_NEIGHBOURS added where a plate reads cold
+) -> int:
+    """Check each GPU against its neighbours on the shared coolant loop.
+
+    Every plate sits ``r_plate·P`` above the loop, so ``b − r_plate·P`` estimates the loop
+    temperature once per GPU and the estimates should agree.  A GPU whose sensor is out
+    (NaN, out of range, stuck, or disagreeing with the model) has no measurement to keep
+    its plate estimate honest: it follows the others' loop estimate instead.  A GPU whose
+    loop estimate is more than ``tol_k`` below the others' reads cold (a sensor drifting
+    down, slowly enough to pass the innovation gate): its plate is raised to the others'
+    less the tolerance, and its die estimate with it, so the controller does not over-drive
+    it.  Reading hot is the safe error and is left alone.  Needs two good neighbours.
+    """
+    n = x_b.shape[0]
+    total = 0.0
+    good = 0
+    for i in range(n):
+        if flags[i] == 0:
+            total += x_b[i] - r_plate_k_per_w * power_w[i]
+            good += 1
+    count = 0
+    for i in range(n):
+        own = x_b[i] - r_plate_k_per_w * power_w[i]
+        others_n = good - 1 if flags[i] == 0 else good
+        if others_n < 2:
+            continue
+        others = (total - (own if flags[i] == 0 else 0.0)) / others_n
+        if flags[i] != 0:
+            target = others + r_plate_k_per_w * power_w[i]
+            x_t[i] += target - x_b[i]  # shift the die with its plate
+            x_b[i] = target
+        elif own < others - tol_k:
+            floor = others - tol_k + r_plate_k_per_w * power_w[i]
+            x_t[i] = max(x_t[i], floor + r_k_per_w * power_w[i])
+            x_b[i] = floor
+            flags[i] |= FLAG_NEIGHBOURS
+            count += 1
+    return count
 
 
 @njit(cache=True)

@@ -46,8 +46,8 @@ class SimJobConfig:
     store_bytes: int = 1 << 20
     #: The baseline's fixed interval.
     fixed_interval_s: float = 1800.0
-    #: Checkpoint when a GPU's estimate is this close to the thermal limit.
-    thermal_lead_k: float = 1.0
+    #: Checkpoint when a GPU's estimate is this far above the planning limit (control lost).
+    thermal_lead_k: float = 0.5
     #: Checkpoint when an eclipse starts within this many board seconds.
     eclipse_lead_s: float = 90.0
 
@@ -208,8 +208,9 @@ class SimJobManager:
                 continue
             since = t - self._last_ckpt[gpu]
             due = since >= interval
-            # Foresight is worth a checkpoint only when there is work to keep.
-            foreseen = self._want[gpu] and since >= 2.0 * cfg.pause_s
+            # Foresight is worth a checkpoint only when there is work to keep: at least a
+            # tenth of an interval's (a checkpoint costs a pause of its own).
+            foreseen = self._want[gpu] and since >= max(2.0 * cfg.pause_s, 0.1 * interval)
             if due or foreseen:
                 reason = "interval" if due else self._reason[gpu]
                 self._start(gpu, t, reason)

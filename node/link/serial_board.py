@@ -98,7 +98,9 @@ class SerialBoard:
         self._started = clock()
         self._task_group: asyncio.TaskGroup | None = None
         self._connector: asyncio.Task[None]
-        self._counters = {"sensor_dropped": 0, "link_downs": 0, "version_mismatch": 0}
+        self._counters = {"sensor_dropped": 0, "link_downs": 0, "version_mismatch": 0, "board_reboots": 0}
+        self._last_t_board = -1.0
+        self._rebooted = False
 
     # --- Board interface ------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class SerialBoard:
     async def _session(self, protocol: _SerialProtocol) -> str:
         """Handshake, then keep the link serviced until it fails; return why it failed."""
         self._handshake.clear()
+        self._rebooted = False
         self._channel.reset()
         hello = ReliableChannel.session_frame(Hello(node_id=self._node_id))
         while not self._handshake.is_set():
@@ -223,7 +226,7 @@ class SerialBoard:
         last_heartbeat = -1e9
         while True:
             if protocol.lost.is_set():
-                return protocol.lost_reason
+                return "the board rebooted (its clock went back)" if self._rebooted else protocol.lost_reason
             now = self._clock()
             if now - self._last_rx > timeout:
                 return f"no frame from the board for {now - self._last_rx:.2f} s"
@@ -267,13 +270,24 @@ class SerialBoard:
             self._channel.reset_receive()
             if self._handshake.is_set():
                 return
+            self._last_t_board = -1.0
             self._info = BoardInfo.from_hello_ack(message)
             self._handshake.set()
             log.info("link up: board %s fw %s, %d GPUs", message.board_id, message.fw_version, message.gpu_count)
             self._emit(LinkUp(self._info))
         elif isinstance(message, Sensor):
-            if self._info is not None:
-                self._emit(SensorReading(message, self._last_rx))
+            if self._info is None:
+                return
+            if message.t_board < self._last_t_board - 1.0:
+                # Board time went back: the board rebooted under us.  Start a new session so
+                # everything that counted on its clock (estimates, timers, jobs) starts over.
+                self._rebooted = True
+                self._counters["board_reboots"] += 1
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            self._last_t_board = message.t_board
+            self._emit(SensorReading(message, self._last_rx))
         elif message.RELIABLE:
             # The board sends us nothing reliable in v1; refuse politely so it stops retrying.
             self._write(self._channel.ack(seq, AckStatus.UNSUPPORTED))
