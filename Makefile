@@ -30,6 +30,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	@# Compile the numba kernels into their cache now, not at the first control step.
+	$(PY) -c "from node.control.law import warm_up; warm_up(); \
+		from firmware_sim.spaceplant import SpacePlant; SpacePlant().step(0.1); \
+		from firmware_sim.plant import FirstOrderPlant; FirstOrderPlant().step(0.1)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -361,7 +361,7 @@ async def run_scenario(
                 await ground.start()
             await run.start_node()
             progress(0.0, "node up")
-            await _wait_link(collector, 60)
+            await _wait_link(collector, 150)  # a cold numba cache compiles every kernel first
             await hil.set("truth.reset", 1.0)
             t_reset[0] = _f(await hil.get("t_board"))
             result.period_s = _f(await hil.get("orbit.period_s"))
