@@ -139,6 +139,7 @@ class Collector:
         self._client_id = f"umbra-hil-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self.last_hk: Housekeeping | None = None
+        self.max_loss_vs_interval = 0.0
 
     async def __aenter__(self) -> Collector:
         self._task = asyncio.create_task(self._run(), name="umbra.hil.collect")
@@ -184,6 +185,11 @@ class Collector:
                 self.modes.append((self.t_of(p.t_board), p.data["after"]))
             self.events.append({"t_s": self.t_of(p.t_board), "t_board": p.t_board, "kind": p.kind,
                                 "severity": p.severity, "text": p.text, "data": dict(p.data)})
+            if p.kind == "work_lost" and isinstance(p.data.get("lost"), int | float):
+                # Against the interval in force: Umbra's estimator, or the baseline's 30 min.
+                jobs = self.last_hk.jobs if self.last_hk is not None else {}
+                interval = float(jobs.get("interval_s") or 1800.0)
+                self.max_loss_vs_interval = max(self.max_loss_vs_interval, float(p.data["lost"]) / interval)
         elif isinstance(p, TcReport):
             self.reports.append(p)
 
@@ -528,6 +534,7 @@ def compute_metrics(result: RunResult, final: dict[str, Any], collector: Collect
     m["telemetry_gaps"] = float(len(missing))
     m["telemetry_packets"] = float(len(collector.seqs))
     m["telemetry_redelivered"] = float(collector.duplicates)
+    m["loss_vs_interval"] = collector.max_loss_vs_interval
     m["link_downs"] = float(sum(1 for e in collector.events if e["kind"] == "link_down"))
     m["safe_fraction"] = _safe_fraction(result)
     m["node_alive"] = 1.0 if run.node is not None and run.node.running else 0.0

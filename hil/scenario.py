@@ -66,6 +66,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "commands_executed_twice": ("count", "commands with more than one non-duplicate completion"),
     "bad_commands_executed": ("count", "malformed/unauthenticated commands not refused"),
     "node_alive": ("flag", "1 if the node process is running at the end"),
+    "loss_vs_interval": ("1", "largest single loss (node's work_lost event) over the checkpoint interval "
+                              "in force then (1 unit = 1 s of full-power work)"),
     "board_time_s": ("s", "board time covered by the run (truth.t_s)"),
 }
 

@@ -233,7 +233,7 @@ class SimJobManager:
             "lost": [float(x) for x in self.lost],
             "checkpoints": [int(x) for x in self.checkpoints],
             "overhead_s": [float(x) for x in self.overhead_s],
-            "interval_s": est.interval_s,
+            "interval_s": est.interval_s if self.policy == "umbra" else self.config.fixed_interval_s,
             "mtbf_s": est.mtbf_s,
             "cost_s": est.cost_s,
         }
