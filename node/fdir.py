@@ -111,7 +111,7 @@ DEFAULT_MONITORS: tuple[MonitorSpec, ...] = (
         description="battery approaching its floor (state of charge 0.70: 30 % depth of discharge)",
     ),
     MonitorSpec(
-        name="radiator_high", channel="radiator.temp_c", yellow_hi=55.0, red_hi=65.0, persistence=5,
+        name="radiator_high", channel="radiator.temp_c", yellow_hi=65.0, red_hi=75.0, persistence=5,
         yellow_action=Action.EVENT, red_action=Action.THROTTLE,
         description="radiator near the top of its range: heat is not leaving",
     ),
