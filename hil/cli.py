@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     demo.add_argument("--mqtt", type=parse_hostport, metavar="HOST:PORT", help="use this broker")
     demo.add_argument("--gpus", type=int, default=8, help="GPUs on the simulated board (default 8)")
-    demo.add_argument("--speed", type=float, default=1.0, help="board time per wall second (default 1)")
+    demo.add_argument("--speed", type=float, default=60.0,
+                      help="board seconds per wall second (default 60: an orbit in about 95 s)")
     demo.add_argument("--node-id", default="node-1")
     demo.add_argument("--console", type=parse_hostport, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                       help="serve the operator console here (default 127.0.0.1:8080; a free port if taken)")

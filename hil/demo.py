@@ -29,8 +29,9 @@ from hil.hilport import HilClient
 from node.bus.payloads import Event, Housekeeping, Leaf, Severity, decode_message, topic
 from node.errors import RemoteProtocolError
 
-#: (board seconds into the profile, demand in W per GPU): calm, then a heavy job.
-LOAD_PROFILE = ((0.0, 450.0), (20.0, 700.0), (80.0, 450.0))
+#: (board seconds into the profile, demand in W per GPU): every job asks for full power;
+#: the orbit (eclipses, a radiator too small for 8 × 700 W) is what the node works against.
+LOAD_PROFILE = ((0.0, 700.0),)
 PROFILE_PERIOD_S = 120.0
 
 

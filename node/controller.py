@@ -38,6 +38,8 @@ log = logging.getLogger("umbra.node.control")
 
 #: How long a GPU's rail stays off when FDIR resets it (board seconds).
 RAIL_CYCLE_S = 2.0
+#: Frames a new operating mode must hold before the node switches to it.
+MODE_DEBOUNCE = 5
 
 _FLAG_NAMES = (
     (kernels.FLAG_NAN, "NaN"),
@@ -98,6 +100,8 @@ class NodeController:
         )
         self._named_jobs: dict[str, tuple[int, int]] = {}  # ground-submitted job → (GPU mask, priority)
         # Load shedding: GPU → board time its rail goes off (after its checkpoint), and off ones.
+        self._mode_candidate: Trigger | None = None
+        self._mode_votes = 0
         self._shedding: dict[int, float] = {}
         self._shed: set[int] = set()
         self._short_frames = 0
@@ -561,13 +565,25 @@ class NodeController:
             self._surplus_frames = 0
 
     def _pick_operating_mode(self, thermal_bound: int, power_limited: bool) -> None:
+        """The binding constraint names the mode; a change must hold for a few frames.
+
+        Near a boundary the thermal bound of one GPU can dip under its maximum every other
+        frame; the mode is what operators read, so it changes only when the new answer
+        holds for MODE_DEBOUNCE frames — except that THERMAL_LIMIT is entered at once.
+        """
         p = self._config.control
         if thermal_bound:
-            self._fire(Trigger.THERMAL_THROTTLING, f"{thermal_bound} GPU(s) held below maximum by temperature")
+            trigger, reason = Trigger.THERMAL_THROTTLING, f"{thermal_bound} GPU(s) held below maximum by temperature"
         elif power_limited:
-            self._fire(Trigger.POWER_LIMITED, f"power budget {self._budget_w:.0f} W holds the GPUs back")
+            trigger, reason = Trigger.POWER_LIMITED, f"power budget {self._budget_w:.0f} W holds the GPUs back"
         elif float(np.nanmax(self._temp_est, initial=-np.inf)) < p.target_c - p.hysteresis_k:
-            self._fire(Trigger.UNCONSTRAINED, "no thermal or power constraint binds")
+            trigger, reason = Trigger.UNCONSTRAINED, "no thermal or power constraint binds"
+        else:
+            return  # inside the hysteresis band: keep the mode
+        self._mode_votes = self._mode_votes + 1 if trigger is self._mode_candidate else 1
+        self._mode_candidate = trigger
+        if trigger is Trigger.THERMAL_THROTTLING or self._mode_votes >= MODE_DEBOUNCE:
+            self._fire(trigger, reason)
 
     def _sensor_events(self, flags: np.ndarray) -> None:
         """One event when a sensor is first flagged and one when it recovers."""

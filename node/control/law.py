@@ -126,6 +126,10 @@ class Law(Protocol):
     def step(self, sensor: Sensor, *, limits_w: np.ndarray, weights: np.ndarray) -> StepResult: ...
 
 
+#: Frames after a (re)start before GPUs are checked against their neighbours.
+WARMUP_FRAMES = 30
+
+
 def _opt(sensor: Sensor, name: str) -> float:
     """An optional SENSOR field (ICD §4.4), NaN when not reported (absent or -1)."""
     value = getattr(sensor, name, math.nan)
@@ -162,6 +166,7 @@ class UmbraLaw:
         self._power = np.zeros(n)
         self._eclipse_started: float | None = None
         self._eclipse_s = math.nan
+        self._frames = 0
 
     def _seed(self, sensor: Sensor) -> None:
         # First frame: start the estimate at the reading (or a cool guess when it has none).
@@ -204,9 +209,11 @@ class UmbraLaw:
         )  # fmt: skip
         # GPUs on one coolant loop share a plate temperature: a plate estimate far below the
         # others' means a sensor reading cold (drift), the one error that would over-drive.
-        kernels.cross_check(
-            self._x_t, self._x_b, self._power, p.r_k_per_w, p.r_plate_k_per_w, p.neighbour_tol_k, self._flags
-        )
+        self._frames += 1
+        if self._frames > WARMUP_FRAMES:  # the plate estimates settle first
+            kernels.cross_check(
+                self._x_t, self._x_b, self._power, p.r_k_per_w, p.r_plate_k_per_w, p.neighbour_tol_k, self._flags
+            )
         bound = kernels.thermal_caps(
             self._x_t, self._x_b, p.tau_s, p.r_k_per_w, p.limit_c, p.horizon_s, p.target_c,
             p.kp_w_per_k, p.ki_w_per_ks, dt, self.cap_min_w, self.cap_max_w, self._integ, self._thermal,

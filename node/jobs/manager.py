@@ -105,6 +105,7 @@ class SimJobManager:
         self._last_ckpt = np.full(n, math.nan)  # board time of the last finished checkpoint
         self._in_flight = np.full(n, math.nan)  # board time a requested checkpoint began
         self._want = np.zeros(n, dtype=bool)  # foreseen or requested, not yet started
+        self._started = np.zeros(n, dtype=bool)  # the board has shown the checkpoint running
         self._reason = [""] * n
         self._progress = np.full(n, math.nan)
         self._saved = np.full(n, math.nan)
@@ -154,9 +155,12 @@ class SimJobManager:
 
     def _detect_finished(self, sensor: Sensor, saved: np.ndarray, t: float) -> None:
         for gpu in np.flatnonzero(~np.isnan(self._in_flight)):
-            if (sensor.ckpt >> int(gpu)) & 1:
-                continue  # still writing
             began = float(self._in_flight[gpu])
+            if (sensor.ckpt >> int(gpu)) & 1:
+                self._started[gpu] = True
+                continue  # still writing
+            if not self._started[gpu] and t - began < self.config.pause_s + 5.0:
+                continue  # frames sent before the board took the command: not started yet
             self._in_flight[gpu] = math.nan
             if saved[gpu] > self._saved[gpu] or (saved[gpu] == self._saved[gpu] and t - began >= self.config.pause_s):
                 cost = t - began
@@ -221,6 +225,7 @@ class SimJobManager:
         except LinkError:
             return
         self._in_flight[gpu] = t
+        self._started[gpu] = False
         self._want[gpu] = False
         log.info("checkpoint GPU %d (%s)", gpu, reason)
 
