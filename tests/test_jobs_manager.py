@@ -69,9 +69,9 @@ def test_umbra_uses_daly_from_its_prior():
 def test_umbra_checkpoints_ahead_of_an_eclipse_and_a_hot_gpu():
     rig = Rig("umbra")
     rig.m.on_frame(frame(0.0, (0, 0), (0, 0)), COOL)
-    rig.m.on_frame(frame(100.0, (100, 100), (0, 0)), Foresight(hot=np.array([False, True]), eclipse_in_s=math.nan))
+    rig.m.on_frame(frame(200.0, (200, 200), (0, 0)), Foresight(hot=np.array([False, True]), eclipse_in_s=math.nan))
     assert [g for g, _ in rig.sent] == [1]
-    rig.m.on_frame(frame(110.0, (110, 110), (0, 0), ckpt=2), Foresight(hot=np.zeros(N, bool), eclipse_in_s=60.0))
+    rig.m.on_frame(frame(210.0, (210, 210), (0, 0), ckpt=2), Foresight(hot=np.zeros(N, bool), eclipse_in_s=60.0))
     assert [g for g, _ in rig.sent] == [1, 0]  # GPU 1 is still checkpointing
 
 
@@ -83,15 +83,15 @@ def test_a_finished_checkpoint_is_counted_measured_and_stored(tmp_path):
         rig.m.request(0, "ground")
         rig.m.on_frame(frame(50.0, (50, 50), (0, 0)), COOL)
         assert rig.sent == []  # too little work yet to be worth a checkpoint's pause
-        rig.m.on_frame(frame(100.0, (100, 100), (0, 0)), COOL)
+        rig.m.on_frame(frame(200.0, (200, 200), (0, 0)), COOL)
         assert rig.sent and rig.sent[0][0] == 0
-        rig.m.on_frame(frame(110.0, (100, 110), (0, 0), ckpt=1), COOL)
-        rig.m.on_frame(frame(125.0, (105, 125), (100, 0), ckpt=0), COOL)
+        rig.m.on_frame(frame(210.0, (200, 210), (0, 0), ckpt=1), COOL)
+        rig.m.on_frame(frame(225.0, (205, 225), (200, 0), ckpt=0), COOL)
         await asyncio.gather(*rig.tasks)
         assert rig.m.checkpoints.tolist() == [1, 0]
-        assert rig.m.estimator.cost_s == pytest.approx(25.0)  # request at 100, finished at 125
+        assert rig.m.estimator.cost_s == pytest.approx(25.0)  # request at 200, finished at 225
         latest = store.latest("gpu-0")
-        assert latest is not None and latest.progress == 100.0
+        assert latest is not None and latest.progress == 200.0
         assert latest.size == SimJobConfig().store_bytes
         store.close()
 

@@ -67,10 +67,10 @@ class ControlParams:
     sensor_hi_c: float = 150.0
     stuck_n: float = 50.0
     persist_n: float = 5.0
-    # Slowdown is 87–89 °C on H100-class parts: plan to stay ½ K under 87, regulate at 85.5.
-    limit_c: float = 86.5
+    # Slowdown is 87–89 °C on H100-class parts: plan to stay under 87, regulate at 85.8.
+    limit_c: float = 86.6
     horizon_s: float = 10.0
-    target_c: float = 85.5
+    target_c: float = 85.8
     kp_w_per_k: float = 20.0
     ki_w_per_ks: float = 2.0
     slew_w_per_s: float = 200.0
