@@ -117,6 +117,14 @@ async def test_two_shared_workers_store_every_packet_once(postgres: str, mosquit
                         p = _ev(node, seq) if seq % 10 == 0 else _hk(node, seq)
                         await pub.publish(topic(node, p.LEAF), p.to_wire(), qos=1)
                         sent += 1
+                    if seq == 1:
+                        # First contact: ground counts gaps from the first packet it stores of
+                        # a node, so let seq 1 of both land before the burst (two workers
+                        # commit out of order, and a later seq stored first would start there).
+                        deadline = time.monotonic() + 10
+                        while w0.stats.stored + w1.stats.stored < len(nodes):
+                            assert time.monotonic() < deadline, (w0.stats, w1.stats)
+                            await asyncio.sleep(0.02)
                 # A node resending after a lost PUBACK: same seq, stored once.
                 for seq in range(1, 51):
                     await pub.publish(topic("fleet-a", Leaf.HK), _hk("fleet-a", seq).to_wire(), qos=1)
