@@ -149,7 +149,34 @@ def _readonly(array: _A) -> _A:
     return view
 
 
-class FirstOrderPlant:
+class ParamTable:
+    """Named values of a plant for the HIL port: getters, and setters for the settable ones.
+
+    Plants fill ``_getters`` and ``_setters`` in their constructor; this gives them the
+    Plant protocol's ``get_param`` / ``set_param`` / ``param_names``.
+    """
+
+    _getters: dict[str, Callable[[], ParamValue]]
+    _setters: dict[str, Callable[[ParamValue], None]]
+
+    def get_param(self, name: str) -> ParamValue:
+        getter = self._getters.get(name)
+        if getter is None:
+            raise _bad(f"unknown parameter {name!r}")
+        return getter()
+
+    def set_param(self, name: str, value: ParamValue) -> None:
+        setter = self._setters.get(name)
+        if setter is None:
+            what = "read-only" if name in self._getters else "unknown"
+            raise _bad(f"{what} parameter {name!r}")
+        setter(value)
+
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self._getters, *self._setters)))
+
+
+class FirstOrderPlant(ParamTable):
     """First-order GPU power and thermal model behind the :class:`Plant` interface."""
 
     def __init__(self, *, config: PlantConfig | None = None, seed: int | None = None) -> None:
@@ -266,21 +293,6 @@ class FirstOrderPlant:
             raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
         self._rail[gpu] = bool(on)
 
-    def get_param(self, name: str) -> ParamValue:
-        getter = self._getters.get(name)
-        if getter is None:
-            raise _bad(f"unknown parameter {name!r}")
-        return getter()
-
-    def set_param(self, name: str, value: ParamValue) -> None:
-        setter = self._setters.get(name)
-        if setter is None:
-            what = "read-only" if name in self._getters else "unknown"
-            raise _bad(f"{what} parameter {name!r}")
-        setter(value)
-
-    def param_names(self) -> tuple[str, ...]:
-        return tuple(self._getters)
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from firmware_sim import physics as ph
 from firmware_sim.config import SpaceConfig
-from firmware_sim.plant import ParamValue, Reading
+from firmware_sim.plant import ParamTable, ParamValue, Reading
 from node.errors import CommandRejected
 from node.link.messages import POWER_RANGE_W, TEMP_RANGE_C, AckStatus
 
@@ -64,7 +64,7 @@ def work_envelope(power_w: float, idle_w: float, ref_w: float, alpha: float) -> 
     return work_rate(p_star, idle_w, ref_w, alpha) * power_w / p_star
 
 
-class SpacePlant:
+class SpacePlant(ParamTable):
     """GPUs on an orbiting node, behind the :class:`~firmware_sim.plant.Plant` interface."""
 
     def __init__(self, *, config: SpaceConfig | None = None, seed: int | None = None) -> None:
@@ -644,22 +644,6 @@ class SpacePlant:
             if isinstance(v, bool) or not isinstance(v, float | int) or not lo <= v <= hi:
                 raise _bad(f"demand_w: {v!r} outside [{lo:g}, {hi:g}] W")
         self.g[ph.G_DEMAND] = values
-
-    def get_param(self, name: str) -> ParamValue:
-        getter = self._getters.get(name)
-        if getter is None:
-            raise _bad(f"unknown parameter {name!r}")
-        return getter()
-
-    def set_param(self, name: str, value: ParamValue) -> None:
-        setter = self._setters.get(name)
-        if setter is None:
-            what = "read-only" if name in self._getters else "unknown"
-            raise _bad(f"{what} parameter {name!r}")
-        setter(value)
-
-    def param_names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self._getters, *self._setters)))
 
 
 def _mask(flags: npt.NDArray[np.bool_]) -> int:

@@ -2,8 +2,9 @@
 
 Starts an embedded MQTT broker on 127.0.0.1 (unless one is named), a simulated board on a
 pty and the node, then prints the node's view once a second — board time, mode, per-GPU
-temperature and cap — as it arrives over MQTT, the way ground sees it.  A load profile
-on the board's HIL port alternates moderate and full GPU demand so that throttling shows.
+temperature and cap, state of charge, eclipse — as it arrives over MQTT, the way ground
+sees it, and serves the operator console.  Every job asks for full power through the
+board's HIL port; the orbit decides how much of it the node can allow.
 Stops on Ctrl-C or after ``--duration``; every process it started is stopped by its pid.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import shutil
 import signal
 import sys
@@ -29,10 +29,9 @@ from hil.hilport import HilClient
 from node.bus.payloads import Event, Housekeeping, Leaf, Severity, decode_message, topic
 from node.errors import RemoteProtocolError
 
-#: (board seconds into the profile, demand in W per GPU): every job asks for full power;
-#: the orbit (eclipses, a radiator too small for 8 × 700 W) is what the node works against.
-LOAD_PROFILE = ((0.0, 700.0),)
-PROFILE_PERIOD_S = 120.0
+#: Every job asks for full power: the orbit (eclipses, a radiator too small for 8 × 700 W)
+#: is what the node works against.
+DEMAND_W = 700.0
 
 
 @dataclass
@@ -61,15 +60,6 @@ def format_event(event: Event) -> str:
     return f"  event #{event.seq} {Severity(event.severity).name:<8} {event.kind}: {event.text}"
 
 
-def demand_at(t: float) -> float:
-    phase = math.fmod(t, PROFILE_PERIOD_S)
-    demand = LOAD_PROFILE[0][1]
-    for start, value in LOAD_PROFILE:
-        if phase >= start:
-            demand = value
-    return demand
-
-
 async def _listen(host: str, port: int, node_id: str, view: NodeView, out: TextIO) -> None:
     while True:
         try:
@@ -93,15 +83,14 @@ async def _listen(host: str, port: int, node_id: str, view: NodeView, out: TextI
             await asyncio.sleep(0.5)
 
 
-async def _drive_load(hil: HilClient, started: float, speed: float) -> None:
-    last = None
+async def _set_demand(hil: HilClient) -> None:
+    """Ask the board for full demand; retry, since a missed HIL write must not end the demo."""
     while True:
-        demand = demand_at((time.monotonic() - started) * speed)
-        if demand != last:
-            with contextlib.suppress(Exception):  # a missed HIL write must not end the demo
-                await hil.set("demand_w", demand)
-                last = demand
-        await asyncio.sleep(1.0)
+        try:
+            await hil.set("demand_w", DEMAND_W)
+            return
+        except Exception:  # any failure: try again in a second
+            await asyncio.sleep(1.0)
 
 
 async def run_demo(
@@ -161,7 +150,7 @@ async def run_demo(
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(_listen(host, port, node_id, view, out)),
-                tg.create_task(_drive_load(hil, started, speed)),
+                tg.create_task(_set_demand(hil)),
             ]
             while not stop.is_set():
                 elapsed = time.monotonic() - started

@@ -73,7 +73,7 @@ class NodeController:
         self._clock = clock
         self._utc = utc
         self._modes = ModeMachine()
-        # Telemetry numbering; the CLI passes a SequenceStore so numbers survive restarts.
+        # Telemetry numbering; the CLI passes the outbox's, so numbers survive restarts.
         self._next_seq = next_seq or itertools.count(1).__next__
         self._info: BoardInfo | None = None
         self._last: Sensor | None = None

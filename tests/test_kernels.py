@@ -235,16 +235,6 @@ def test_caps_changed_matches_reference(a, b, deadband):
     assert kernels.caps_changed(a, b, deadband) == reference.caps_changed(a, b, deadband)
 
 
-@settings(max_examples=100, deadline=None)
-@given(temp_c=temps, target=st.floats(40, 95), gain=st.floats(0, 200))
-def test_throttle_matches_reference(temp_c, target, gain):
-    fast, ref = np.zeros_like(temp_c), np.zeros_like(temp_c)
-    n_fast = kernels.throttle_caps(temp_c, 200.0, 700.0, target, gain, fast)
-    n_ref = reference.throttle_caps(temp_c, 200.0, 700.0, target, gain, ref)
-    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-9)
-    assert n_fast == n_ref
-
-
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 32), rails=st.integers(0, 2**32 - 1))
 def test_cap_bounds_match_reference(seed, n, rails):

@@ -78,24 +78,12 @@ def test_cli_help():
     assert "--serial" in result.stdout and "--mqtt" in result.stdout
 
 
-def test_sequence_numbers_never_repeat_across_restarts(tmp_path):
-    from node.seqstore import SequenceStore
+def test_corrupt_legacy_sequence_file_is_refused(tmp_path):
+    """Numbers reserved by the old block store stay reserved; a garbled file is an error."""
+    from node.cli import legacy_first_seq
 
-    path = tmp_path / "telemetry.seq"
-    first = SequenceStore(path, block=5)
-    used = [first.next() for _ in range(7)]  # crosses a block boundary
-    # A "crash": the store is dropped without any shutdown step.
-    second = SequenceStore(path, block=5)
-    later = [second.next() for _ in range(3)]
-    assert used == list(range(1, 8))
-    assert min(later) > max(used)
-    assert not (tmp_path / "telemetry.tmp").exists()
-
-
-def test_corrupt_sequence_file_is_refused(tmp_path):
-    from node.seqstore import SequenceStore
-
-    path = tmp_path / "telemetry.seq"
-    path.write_text("garbage")
+    (tmp_path / "telemetry.seq").write_text("garbage")
     with pytest.raises(ConfigError, match="corrupt"):
-        SequenceStore(path)
+        legacy_first_seq(tmp_path)
+    (tmp_path / "telemetry.seq").write_text("20001\n")
+    assert legacy_first_seq(tmp_path) == 20001

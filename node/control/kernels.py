@@ -356,31 +356,3 @@ def caps_changed(new_cap_w: np.ndarray, sent_cap_w: np.ndarray, deadband_w: floa
         if abs(new_cap_w[i] - sent_cap_w[i]) > deadband_w:
             return True
     return False
-
-
-@njit(cache=True)
-def throttle_caps(
-    temp_c: np.ndarray,
-    cap_min_w: float,
-    cap_max_w: float,
-    target_c: float,
-    gain_w_per_k: float,
-    out_cap_w: np.ndarray,
-) -> int:
-    """The foundation's proportional throttle, kept as the simplest comparison policy.
-
-    A NaN reading gets the minimum cap.  Returns how many GPUs are below the maximum.
-    """
-    throttled = 0
-    for i in range(temp_c.shape[0]):
-        t = temp_c[i]
-        if math.isnan(t):
-            cap = cap_min_w
-        else:
-            excess = t - target_c
-            cap = cap_max_w - gain_w_per_k * excess if excess > 0.0 else cap_max_w
-            cap = min(max(cap, cap_min_w), cap_max_w)
-        out_cap_w[i] = cap
-        if cap < cap_max_w:
-            throttled += 1
-    return throttled

@@ -316,4 +316,3 @@ def warm_up() -> None:
     kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)
     kernels.caps_changed(one, one, 1.0)
     kernels.cross_check(one.copy(), one.copy(), one, 0.03, 0.025, 2.0, ints.copy())
-    kernels.throttle_caps(one, 200.0, 700.0, 80.0, 40.0, one.copy())
