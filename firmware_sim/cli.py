@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -137,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="wall seconds to wait for STEP_DONE in lockstep (default 1)",
     )
     p.add_argument(
+        "--link-tcp",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="also serve the link on TCP, as a terminal server would (socket://HOST:PORT; "
+        "0: a free port, printed; HOST defaults to 127.0.0.1)",
+    )
+    p.add_argument(
+        "--hil-tcp",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="also serve the HIL port on TCP (needs --hil)",
+    )
+    p.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -219,9 +233,23 @@ def ready_line(config: BoardConfig, seed: int) -> str:
     return f"{line}, seed {seed}"
 
 
-async def serve(config: BoardConfig) -> int:
+def parse_endpoint(text: str, flag: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` → (host, port); the host defaults to loopback."""
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number < 65536:
+        raise ConfigError(f"{text!r} is not [HOST:]PORT", key=flag)
+    return host or "127.0.0.1", number
+
+
+async def serve(config: BoardConfig, *, link_tcp: tuple[str, int] | None = None,
+                hil_tcp: tuple[str, int] | None = None) -> int:
     """Run the board until SIGTERM or SIGINT."""
     from firmware_sim.board import Board  # numba loads here, after the arguments are good
+    from firmware_sim.tcprelay import TcpRelay
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -229,8 +257,16 @@ async def serve(config: BoardConfig) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Board(config=config) as board:
-            print(ready_line(config, board.seed), file=sys.stderr, flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            board = await stack.enter_async_context(Board(config=config))
+            line = ready_line(config, board.seed)
+            for name, endpoint, device in (("link", link_tcp, config.link), ("HIL", hil_tcp, config.hil)):
+                if endpoint is not None and device is not None:
+                    relay = await stack.enter_async_context(
+                        TcpRelay(device=device, host=endpoint[0], port=endpoint[1],
+                                 logger=logging.getLogger(f"umbra.board.tcp.{name.lower()}")))
+                    line += f", {name} also at {relay.url}"
+            print(line, file=sys.stderr, flush=True)
             await stop.wait()
     finally:
         for sig in signals:
@@ -251,7 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return asyncio.run(serve(config))
+        link_tcp = parse_endpoint(args.link_tcp, "link_tcp") if args.link_tcp is not None else None
+        hil_tcp = parse_endpoint(args.hil_tcp, "hil_tcp") if args.hil_tcp is not None else None
+        if hil_tcp is not None and config.hil is None:
+            raise ConfigError("serves the HIL port, so --hil is needed too", key="hil_tcp")
+    except ConfigError as exc:
+        parser.error(f"argument --{(exc.key or '').replace('_', '-')}: {str(exc).split(': ', 1)[-1]}")
+    try:
+        return asyncio.run(serve(config, link_tcp=link_tcp, hil_tcp=hil_tcp))
     except LinkError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

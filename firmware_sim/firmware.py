@@ -66,6 +66,7 @@ class FirmwareStats:
     watchdog_trips: int = 0
     heartbeats_sent: int = 0
     sensor_frames: int = 0
+    stale_step_done: int = 0  # STEP_DONE for a board time not reached (sent before a reset)
 
 
 def negotiate(hello: Hello, lo: int, hi: int) -> int:
@@ -201,7 +202,13 @@ class Firmware:
         if isinstance(message, Hello):
             return self._hello(message)
         if isinstance(message, StepDone):
-            self.step_done_t = max(self.step_done_t, message.t_board)
+            # A node cannot have finished a frame this board has not sent yet: such a
+            # STEP_DONE was meant for the clock before a reset, and believing it would let
+            # lockstep run free until board time caught up with it.
+            if message.t_board <= self._t_board + 1e-6:
+                self.step_done_t = max(self.step_done_t, message.t_board)
+            else:
+                self.stats.stale_step_done += 1
             return b""
         if not message.RELIABLE:
             return b""  # HEARTBEAT (liveness only) and messages meant for the other side

@@ -36,8 +36,10 @@ from node.link.messages import (
     HilGet,
     HilSet,
     HilValue,
+    Checkpoint,
     Message,
     ResetBoard,
+    Restore,
     Sensor,
     SensorFlag,
     SetCaps,
@@ -359,6 +361,47 @@ class Conformance:
         v = await self.main.wait(lambda r: isinstance(r.message, HilValue), 0.5, mark)
         self.record("HIL_GET on the main port is ignored", "§4.8", v is None)
 
+    async def jobs(self) -> None:
+        """CHECKPOINT and RESTORE (§4.6.2): optional, but a board that takes them must keep them."""
+        info = self.info
+        assert info is not None
+        n = info.gpu_count
+        if n < 32:
+            mark = self.main.mark()
+            seq = self.main.send(Checkpoint(gpu=n, pause_s=0.5))
+            a = await self.main.ack(seq, 1.0, mark)
+            self.record("CHECKPOINT unknown GPU → BAD_ARGUMENT (or UNSUPPORTED)", "§4.6.2",
+                        _code(a) in (AckStatus.BAD_ARGUMENT, AckStatus.UNSUPPORTED), _status(a))
+        self.main.send(SetCaps(cap_w=tuple([info.cap_max_w] * n)))
+        before = await self.main.sensor(2.0)
+        mark = self.main.mark()
+        seq = self.main.send(Checkpoint(gpu=0, pause_s=0.5))
+        a = await self.main.ack(seq, 1.0, mark)
+        if _code(a) == AckStatus.UNSUPPORTED:
+            # A board that keeps no checkpoints must not pretend to in SENSOR either.
+            self.record("CHECKPOINT on a board without checkpoints → UNSUPPORTED, SENSOR has no saved[]",
+                        "§4.6.2, §4.4", before is not None and not before.saved, _status(a))
+            return
+        running = await self._sensor_where(lambda s: bool(s.ckpt & 1), 2.0)
+        done = await self._sensor_where(lambda s: not s.ckpt & 1 and bool(s.saved), 5.0)
+        start = before.progress[0] if before is not None else math.nan
+        saved = done.saved[0] if done is not None else math.nan
+        self.record("CHECKPOINT → ACK OK; ckpt bit while writing; saved = progress when it began", "§4.6.2",
+                    _code(a) == AckStatus.OK and running is not None and done is not None and saved >= start - 1e-6,
+                    f"{_status(a)}; ckpt bit seen: {running is not None}; progress {start:.3f} → saved {saved:.3f}")
+        await asyncio.sleep(1.0)  # let the job run past its checkpoint
+        ahead = await self.main.sensor(2.0)
+        mark = self.main.mark()
+        seq = self.main.send(Restore(gpu=0, progress=saved if saved == saved else 0.0))
+        a = await self.main.ack(seq, 1.0, mark)
+        back = await self._sensor_where(lambda s: bool(s.saved) and abs(s.saved[0] - saved) < 1e-6, 2.0)
+        rolled = (back is not None and ahead is not None
+                  and saved - 1e-6 <= back.progress[0] < ahead.progress[0])
+        self.record("RESTORE → ACK OK; progress and saved roll back to the checkpoint", "§4.6.2",
+                    _code(a) == AckStatus.OK and rolled,
+                    f"{_status(a)}; progress {ahead.progress[0] if ahead else '?'} → "
+                    f"{back.progress[0] if back else '?'} (checkpoint {saved:.3f})")
+
     async def watchdog(self) -> None:
         info = self.info
         assert info is not None
@@ -411,11 +454,17 @@ class Conformance:
                 break
             stepped.append(s.t_board)
             t0 = s.t_board
+        # A STEP_DONE for a time the board has not reached (sent before a reset) is ignored.
+        mark = self.main.mark()
+        self.main.send(StepDone(t_board=t0 + 1000.0))
+        future_ignored = await self.main.sensor(1.5, since=mark) is None  # the timeout is 3 s
         await self._hil_set(hil, "time.lockstep", 0.0)
         await self._hil_set(hil, "time.lockstep_timeout_s", 1.0)
         self.record("lockstep: no SENSOR until STEP_DONE", "§4.3 STEP_DONE", first is not None and held)
         self.record("lockstep: each STEP_DONE releases the next frame", "§4.3 STEP_DONE", len(stepped) == 3,
                     f"t_board after STEP_DONEs: {stepped}")
+        self.record("lockstep: a STEP_DONE for a board time not yet reached is ignored", "§4.3 STEP_DONE",
+                    future_ignored)
 
     async def reset(self) -> None:
         before = await self.main.sensor(2.0)
@@ -512,7 +561,7 @@ class Conformance:
             self._beating.set()
             steps: list[Callable[[], Awaitable[None]]] = [
                 self.versions, self.numbering, self.sensor_stream, self.commands, self.reliability,
-                self.watchdog, lambda: self.lockstep(self.hil), self.reset, lambda: self.hil_port(self.hil),
+                self.jobs, self.watchdog, lambda: self.lockstep(self.hil), self.reset, lambda: self.hil_port(self.hil),
             ]
             for step in steps:
                 try:

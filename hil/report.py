@@ -299,7 +299,8 @@ def summary_table(pairs: list[tuple[RunResult, RunResult | None]]) -> str:
         lines.append("")
         lines.append(f"Failed measurements ({pairs[0][0].policy}):")
         for main, o in fails:
-            lines.append(f"- {main.scenario.name}: {o.metric} = {_fmt(o.value)} {o.unit}, limit {_limits(o)}"
+            unit = "" if o.unit in ("1", "") else f" {o.unit}"  # a ratio has no unit to print
+            lines.append(f"- {main.scenario.name}: {o.metric} = {_fmt(o.value)}{unit}, limit {_limits(o)}"
                          f" — {o.why} (plot {main.run_dir / 'run.png'})")
     for run, _ in pairs:
         if run.error:

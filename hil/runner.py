@@ -130,6 +130,9 @@ class Collector:
     def __init__(self, host: str, port: int, node_id: str, t_of: Callable[[float], float]) -> None:
         self.host, self.port, self.node_id = host, port, node_id
         self.t_of = t_of  # board t_board → run time (t since the truth reset)
+        self._resets: list[float] = []  # run times of board resets not yet seen in telemetry
+        self._since_reset: float | None = None  # run time of the reset the board clock counts from
+        self._last_t_board = -math.inf
         self.seqs: dict[int, int] = {}
         self.events: list[dict[str, Any]] = []
         self.modes: list[tuple[float, str]] = []
@@ -165,6 +168,16 @@ class Collector:
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
 
+    def board_reset(self, run_t: float) -> None:
+        """The board was reset at run time ``run_t``: its clock restarts at 0 from there."""
+        self._resets.append(run_t)
+
+    def _run_t(self, t_board: float) -> float:
+        if t_board < self._last_t_board - 1.0 and self._resets:
+            self._since_reset = self._resets.pop(0)  # the clock went back: the reset shows
+        self._last_t_board = t_board
+        return self.t_of(t_board) if self._since_reset is None else self._since_reset + t_board
+
     def _take(self, name: str, data: Any) -> None:
         try:
             _, p = decode_message(name, bytes(data))
@@ -178,12 +191,14 @@ class Collector:
                 return  # a QoS 1 redelivery: ground de-duplicates by seq
         if isinstance(p, Housekeeping):
             self.last_hk = p
+            t = self._run_t(p.t_board)
             if not self.modes:
-                self.modes.append((self.t_of(p.t_board), p.mode))
+                self.modes.append((t, p.mode))
         elif isinstance(p, Event):
+            t = self._run_t(p.t_board)
             if p.kind == "mode" and isinstance(p.data.get("after"), str):
-                self.modes.append((self.t_of(p.t_board), p.data["after"]))
-            self.events.append({"t_s": self.t_of(p.t_board), "t_board": p.t_board, "kind": p.kind,
+                self.modes.append((t, p.data["after"]))
+            self.events.append({"t_s": t, "t_board": p.t_board, "kind": p.kind,
                                 "severity": p.severity, "text": p.text, "data": dict(p.data)})
             if p.kind == "work_lost" and isinstance(p.data.get("lost"), int | float):
                 # Against the interval in force: Umbra's estimator, or the baseline's 30 min.
@@ -384,7 +399,7 @@ async def run_scenario(
                 result.samples.append(s)
                 while pending and s.t_s >= pending[0].at_s(period):
                     entry = pending.pop(0)
-                    task = await _apply(entry, s.t_s, run, hil, result, ground)
+                    task = await _apply(entry, s.t_s, run, hil, result, ground, collector)
                     if task is not None:
                         storm = task
                 progress(s.t_s / result.duration_s, f"t={s.t_s:7.0f} s {policy}")
@@ -449,12 +464,14 @@ async def _drain(collector: Collector, timeout: float = 15.0) -> None:
 
 
 async def _apply(entry: Injection, t_s: float, run: BenchRun, hil: HilClient, result: RunResult,
-                 ground: GroundSide | None) -> asyncio.Task[None] | None:
+                 ground: GroundSide | None, collector: Collector | None = None) -> asyncio.Task[None] | None:
     record: dict[str, Any] = {"t_s": t_s, "planned_s": entry.at_s(result.period_s or 5730.0),
                               "set": {k: v for k, v in entry.set}, "action": entry.action}
     result.applied.append(record)
     for name, value in entry.set:
         await hil.set(name, value)
+        if name in ("board.reset", "board.resets") and collector is not None:
+            collector.board_reset(t_s)
     task: asyncio.Task[None] | None = None
     if entry.action == "node.kill":
         await run.kill_node()

@@ -40,6 +40,8 @@ log = logging.getLogger("umbra.node.control")
 RAIL_CYCLE_S = 2.0
 #: Frames a new operating mode must hold before the node switches to it.
 MODE_DEBOUNCE = 5
+#: Clean frames in a row before a flagged temperature sensor counts as recovered.
+SENSOR_CLEAR_FRAMES = 20
 
 _FLAG_NAMES = (
     (kernels.FLAG_NAN, "NaN"),
@@ -82,6 +84,7 @@ class NodeController:
         self._limits = np.zeros(0)
         self._weights = np.zeros(0)
         self._flags_seen = np.zeros(0, dtype=np.int64)
+        self._sensor_clean = np.zeros(0, dtype=np.int64)
         self._temp_est = np.zeros(0)
         self._budget_w = float("inf")
         self._law: Law = make_law(config.policy, config.control)
@@ -386,7 +389,8 @@ class NodeController:
             self._limits[gpu] = limit
         self._weights = np.ones(n)
         self._apply_weights()
-        self._flags_seen = np.zeros(n, dtype=np.int64)
+        self._flags_seen = np.zeros(n, dtype=np.int64)  # faults as reported (held until clean)
+        self._sensor_clean = np.zeros(n, dtype=np.int64)  # clean frames in a row since a fault
         self._temp_est = np.full(n, np.nan)
         self._law.reset(gpu_count=n, cap_min_w=info.cap_min_w, cap_max_w=info.cap_max_w)
         self._fdir.reset()
@@ -475,7 +479,7 @@ class NodeController:
             {
                 "gpu.temp_c": self._temp_est,
                 "gpu.xid": new_xid,
-                "gpu.sensor_fault": flags.astype(float),
+                "gpu.sensor_fault": self._flags_seen.astype(float),
                 "battery.soc": np.array([sensor.battery_soc]),
                 "radiator.temp_c": np.array([sensor.radiator_c]),
             }
@@ -586,18 +590,28 @@ class NodeController:
             self._fire(trigger, reason)
 
     def _sensor_events(self, flags: np.ndarray) -> None:
-        """One event when a sensor is first flagged and one when it recovers."""
+        """One event when a sensor is first flagged, one when it has been clean for a while.
+
+        A sensor dropping out every other frame is one fault, not one event a frame: it
+        counts as recovered after ``SENSOR_CLEAR_FRAMES`` clean frames in a row, and until
+        then FDIR sees it as faulty too.
+        """
         for gpu in range(len(flags)):
             now, before = int(flags[gpu]), int(self._flags_seen[gpu])
-            if now and not before:
-                kinds = [name for bit, name in _FLAG_NAMES if now & bit]
-                self._event(
-                    "sensor_fault",
-                    Severity.WARNING,
-                    f"GPU {gpu} temperature sensor {'/'.join(kinds)}: running on the estimate",
-                    gpu=gpu,
-                    flags=now,
-                )
-            elif before and not now:
-                self._event("sensor_ok", Severity.INFO, f"GPU {gpu} temperature sensor recovered", gpu=gpu)
-            self._flags_seen[gpu] = now
+            if now:
+                self._sensor_clean[gpu] = 0
+                if not before:
+                    kinds = [name for bit, name in _FLAG_NAMES if now & bit]
+                    self._event(
+                        "sensor_fault",
+                        Severity.WARNING,
+                        f"GPU {gpu} temperature sensor {'/'.join(kinds)}: running on the estimate",
+                        gpu=gpu,
+                        flags=now,
+                    )
+                self._flags_seen[gpu] = before | now
+            elif before:
+                self._sensor_clean[gpu] += 1
+                if self._sensor_clean[gpu] >= SENSOR_CLEAR_FRAMES:
+                    self._event("sensor_ok", Severity.INFO, f"GPU {gpu} temperature sensor recovered", gpu=gpu)
+                    self._flags_seen[gpu] = 0

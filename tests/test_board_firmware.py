@@ -25,6 +25,7 @@ from node.link.messages import (
     SensorFlag,
     SetCaps,
     SetRail,
+    StepDone,
 )
 
 GPUS = 4
@@ -340,3 +341,20 @@ def test_a_plant_without_checkpoints_refuses_them() -> None:
     fw.receive(encode_frame(Hello("node"), 0), wall=0.0)
     (ack,) = only(fw.receive(encode_frame(Checkpoint(gpu=0, pause_s=5.0), 1), wall=0.1), Ack)
     assert ack.status == AckStatus.UNSUPPORTED
+
+
+def test_step_done_for_a_clock_the_board_has_not_reached_is_ignored() -> None:
+    # The node finished t = 500 s just as the board reset: that STEP_DONE arrives when the
+    # new clock reads 0.  Believing it would let lockstep run free for 500 board seconds.
+    fw = make()
+    fw.receive(encode_frame(Hello(node_id="n"), 0), wall=0.0)
+    fw.advance_to(500.0)
+    fw.receive(encode_frame(StepDone(t_board=500.0), 1), wall=0.1)
+    assert fw.step_done_t == 500.0
+    fw.reboot(wall=0.2)
+    fw.receive(encode_frame(StepDone(t_board=500.0), 2), wall=0.3)
+    assert fw.step_done_t == -1.0 and fw.stats.stale_step_done == 1
+    fw.receive(encode_frame(Hello(node_id="n"), 0), wall=0.4)
+    fw.advance_to(1.0)
+    fw.receive(encode_frame(StepDone(t_board=1.0), 1), wall=0.5)
+    assert fw.step_done_t == 1.0

@@ -10,7 +10,7 @@ from node.board import BoardInfo, CommandResult, FakeBoard, LinkDown, LinkUp, Se
 from node.bus.payloads import Event, Housekeeping, Mode
 from node.config import NodeConfig
 from node.control.law import ControlParams
-from node.controller import NodeController
+from node.controller import SENSOR_CLEAR_FRAMES, NodeController
 from node.link.messages import AckStatus, Sensor, SensorFlag, SetCaps
 
 INFO = BoardInfo(
@@ -96,8 +96,27 @@ async def test_faulty_sensor_is_reported_and_the_estimate_carries_on(rig):
     assert fault.data["gpu"] == 1 and "NaN" in fault.text
     # Not the foundation's blind minimum cap: the estimate says the GPU is cool.
     assert board.sent[-1].cap_w == (700.0, 700.0)
-    await feed(board, node, SensorReading(sensor(1.2, (50.0, 50.0)), 0.0))
-    assert pub.events("sensor_ok")
+    t = 1.1
+    for _ in range(SENSOR_CLEAR_FRAMES - 1):
+        t += 0.1
+        await feed(board, node, SensorReading(sensor(t, (50.0, 50.0)), 0.0))
+    assert not pub.events("sensor_ok")  # not yet: a sensor must stay clean a while
+    await feed(board, node, SensorReading(sensor(t + 0.1, (50.0, 50.0)), 0.0))
+    assert len(pub.events("sensor_ok")) == 1
+
+
+async def test_a_sensor_dropping_out_every_other_frame_is_one_fault_not_a_storm(rig):
+    board, pub, node = rig
+    await feed(board, node, LinkUp(INFO))
+    t = 1.0
+    for i in range(60):
+        t += 0.1
+        reading = float("nan") if i % 2 else 50.0 + 0.01 * (i % 3)
+        await feed(board, node, SensorReading(sensor(t, (50.0 + 0.01 * (i % 3), reading)), 0.0))
+    faults = [e for e in pub.events("sensor_fault") if e.data["gpu"] == 1]
+    assert len(faults) == 1 and not pub.events("sensor_ok")
+    limits = [e for e in pub.events("limit") if e.data.get("monitor") == "sensor_fault"]
+    assert len(limits) == 1  # FDIR saw one fault too, not a flapping limit
 
 
 async def test_unchanged_caps_are_not_resent(rig):

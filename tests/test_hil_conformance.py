@@ -31,9 +31,22 @@ async def test_conformance_passes_against_firmware_sim(tmp_path):
     assert all(r.ok for r in results), text
     names = " ".join(r.name for r in results)
     for needed in ("handshake", "version", "SET_CAPS", "SET_RAIL", "duplicate", "retransmission",
-                   "watchdog", "lockstep", "RESET_BOARD", "HIL port"):
+                   "CHECKPOINT → ACK OK", "RESTORE → ACK OK", "watchdog", "lockstep", "not yet reached",
+                   "RESET_BOARD", "HIL port"):
         assert needed in names
     assert not any(r.skipped for r in results)
+
+
+async def test_a_board_without_checkpoints_passes_by_refusing_them(tmp_path):
+    board = start_board(tmp_path, "--model", "first-order")
+    try:
+        results = await run_conformance(str(tmp_path / "b.tty"))
+    finally:
+        board.stop()
+    assert all(r.ok for r in results), format_results(results)
+    names = [r.name for r in results]
+    assert any("without checkpoints → UNSUPPORTED" in name for name in names)
+    assert not any("RESTORE" in name for name in names)
 
 
 async def test_conformance_reports_what_a_board_gets_wrong(tmp_path):

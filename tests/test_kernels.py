@@ -257,12 +257,12 @@ def test_cap_bounds_match_reference(seed, n, rails):
 def test_cross_check_matches_reference(seed, n):
     rng = np.random.default_rng(seed)
     x_t, x_b = rng.uniform(40, 90, n), rng.uniform(30, 70, n)
-    power = rng.uniform(0, 700, n)
+    power, plate = rng.uniform(0, 700, n), rng.uniform(0, 700, n)
     flags = rng.integers(0, 16, n).astype(np.int64)
     a = [x_t.copy(), x_b.copy(), flags.copy()]
     b = [x_t.copy(), x_b.copy(), flags.copy()]
-    na = kernels.cross_check(a[0], a[1], power, 0.03, 0.025, 2.0, a[2])
-    nb = reference.cross_check(b[0], b[1], power, 0.03, 0.025, 2.0, b[2])
+    na = kernels.cross_check(a[0], a[1], power, plate, 0.03, 0.025, 2.0, a[2])
+    nb = reference.cross_check(b[0], b[1], power, plate, 0.03, 0.025, 2.0, b[2])
     assert na == nb
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-9)
@@ -274,7 +274,7 @@ def test_cross_check_raises_a_plate_that_reads_cold_and_moves_a_blind_one():
     x_b = np.array([60.0, 61.0, 59.0, 40.0, 30.0])
     flags = np.array([0, 0, 0, 0, kernels.FLAG_STUCK], dtype=np.int64)
     power = np.full(5, 600.0)
-    assert kernels.cross_check(x_t, x_b, power, 0.03, 0.025, 2.0, flags) == 1
+    assert kernels.cross_check(x_t, x_b, power, power, 0.03, 0.025, 2.0, flags) == 1
     assert flags.tolist() == [0, 0, 0, kernels.FLAG_NEIGHBOURS, kernels.FLAG_STUCK]
     # GPU 3 reads cold: raised to the others' loop (45 °C) less 2 K, plus its plate rise.
     assert x_b[3] == pytest.approx(45.0 - 2.0 + 15.0) and x_t[3] == pytest.approx(x_b[3] + 18.0)

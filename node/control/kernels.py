@@ -129,7 +129,8 @@ def estimate(
 def cross_check(
     x_t: np.ndarray,  # die estimates (in/out)
     x_b: np.ndarray,  # plate estimates (in/out)
-    power_w: np.ndarray,
+    power_w: np.ndarray,  # power now (the die follows it within seconds)
+    plate_w: np.ndarray,  # power the plates have settled to (through their time constant)
     r_k_per_w: float,  # die-to-plate resistance
     r_plate_k_per_w: float,  # plate-to-loop resistance
     tol_k: float,
@@ -137,7 +138,7 @@ def cross_check(
 ) -> int:
     """Check each GPU against its neighbours on the shared coolant loop.
 
-    Every plate sits ``r_plate·P`` above the loop, so ``b − r_plate·P`` estimates the loop
+    Every plate sits ``r_plate·P̄`` above the loop (P̄: the power it has settled to), so ``b − r_plate·P`` estimates the loop
     temperature once per GPU and the estimates should agree.  A GPU whose sensor is out
     (NaN, out of range, stuck, or disagreeing with the model) has no measurement to keep
     its plate estimate honest: it follows the others' loop estimate instead.  A GPU whose
@@ -151,21 +152,21 @@ def cross_check(
     good = 0
     for i in range(n):
         if flags[i] == 0:
-            total += x_b[i] - r_plate_k_per_w * power_w[i]
+            total += x_b[i] - r_plate_k_per_w * plate_w[i]
             good += 1
     count = 0
     for i in range(n):
-        own = x_b[i] - r_plate_k_per_w * power_w[i]
+        own = x_b[i] - r_plate_k_per_w * plate_w[i]
         others_n = good - 1 if flags[i] == 0 else good
         if others_n < 2:
             continue
         others = (total - (own if flags[i] == 0 else 0.0)) / others_n
         if flags[i] != 0:
-            target = others + r_plate_k_per_w * power_w[i]
+            target = others + r_plate_k_per_w * plate_w[i]
             x_t[i] += target - x_b[i]  # shift the die with its plate
             x_b[i] = target
         elif own < others - tol_k:
-            floor = others - tol_k + r_plate_k_per_w * power_w[i]
+            floor = others - tol_k + r_plate_k_per_w * plate_w[i]
             x_t[i] = max(x_t[i], floor + r_k_per_w * power_w[i])
             x_b[i] = floor
             flags[i] |= FLAG_NEIGHBOURS

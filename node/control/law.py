@@ -52,6 +52,7 @@ PARAM_SPECS: dict[str, tuple[float, float, str, str]] = {
     "hysteresis_k": (0.0, 50.0, "K", "thermal margin before THERMAL_LIMIT is left"),
     "r_plate_k_per_w": (0.0, 1.0, "K/W", "cold-plate-to-loop thermal resistance"),
     "neighbour_tol_k": (0.5, 100.0, "K", "a loop estimate this far below the others': the sensor reads cold"),
+    "tau_plate_s": (1.0, 10_000.0, "s", "cold-plate time constant: how slowly a plate follows its GPU's power"),
 }
 
 
@@ -90,6 +91,7 @@ class ControlParams:
     hysteresis_k: float = 2.0
     r_plate_k_per_w: float = 0.025
     neighbour_tol_k: float = 2.0
+    tau_plate_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name, (lo, hi, _unit, _meaning) in PARAM_SPECS.items():
@@ -164,6 +166,7 @@ class UmbraLaw:
         self._caps = np.full(n, cap_max_w)
         self._z = np.zeros(n)
         self._power = np.zeros(n)
+        self._plate_w = np.zeros(n)
         self._eclipse_started: float | None = None
         self._eclipse_s = math.nan
         self._frames = 0
@@ -176,6 +179,7 @@ class UmbraLaw:
         self._x_t[:] = guess
         self._x_b[:] = guess - self.params.r_k_per_w * p
         self._caps[:] = np.asarray(sensor.cap_w, dtype=float)
+        self._plate_w[:] = np.nan_to_num(p)
 
     def _eclipse_length(self, sensor: Sensor) -> float:
         sun_in = _opt(sensor, "sun_in_s")
@@ -209,10 +213,14 @@ class UmbraLaw:
         )  # fmt: skip
         # GPUs on one coolant loop share a plate temperature: a plate estimate far below the
         # others' means a sensor reading cold (drift), the one error that would over-drive.
+        # A plate sits r_plate·P above the loop for the power it has *settled* to: P seen
+        # through the plate's time constant.  Using the instantaneous power made a blind
+        # GPU's plate jump with its own cap, and its cap oscillate against it.
+        self._plate_w += (np.nan_to_num(self._power) - self._plate_w) * -math.expm1(-dt / p.tau_plate_s)
         self._frames += 1
         if self._frames > WARMUP_FRAMES:  # the plate estimates settle first
             kernels.cross_check(
-                self._x_t, self._x_b, self._power, p.r_k_per_w, p.r_plate_k_per_w, p.neighbour_tol_k, self._flags
+                self._x_t, self._x_b, self._power, self._plate_w, p.r_k_per_w, p.r_plate_k_per_w, p.neighbour_tol_k, self._flags
             )
         bound = kernels.thermal_caps(
             self._x_t, self._x_b, p.tau_s, p.r_k_per_w, p.limit_c, p.horizon_s, p.target_c,
@@ -315,4 +323,4 @@ def warm_up() -> None:
     kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9)
     kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)
     kernels.caps_changed(one, one, 1.0)
-    kernels.cross_check(one.copy(), one.copy(), one, 0.03, 0.025, 2.0, ints.copy())
+    kernels.cross_check(one.copy(), one.copy(), one, one, 0.03, 0.025, 2.0, ints.copy())

@@ -82,12 +82,13 @@ def cross_check(
     x_t: np.ndarray,
     x_b: np.ndarray,
     power_w: np.ndarray,
+    plate_w: np.ndarray,
     r_k_per_w: float,
     r_plate_k_per_w: float,
     tol_k: float,
     flags: np.ndarray,
 ) -> int:
-    loop = x_b - r_plate_k_per_w * power_w
+    loop = x_b - r_plate_k_per_w * plate_w
     ok = flags == 0
     total, good = loop[ok].sum(), int(np.count_nonzero(ok))
     others_n = np.where(ok, good - 1, good)
@@ -95,8 +96,8 @@ def cross_check(
     others = (total - np.where(ok, loop, 0.0)) / np.maximum(others_n, 1)
     follow = enough & ~ok
     cold = enough & ok & (loop < others - tol_k)
-    follow_b = others + r_plate_k_per_w * power_w
-    cold_b = others - tol_k + r_plate_k_per_w * power_w
+    follow_b = others + r_plate_k_per_w * plate_w
+    cold_b = others - tol_k + r_plate_k_per_w * plate_w
     new_t = np.where(follow, x_t + (follow_b - x_b), x_t)
     new_t = np.where(cold, np.maximum(x_t, cold_b + r_k_per_w * power_w), new_t)
     x_b[:] = np.where(follow, follow_b, np.where(cold, cold_b, x_b))
