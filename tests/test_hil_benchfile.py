@@ -10,7 +10,7 @@ import pytest
 
 from hil.benchfile import default_bench, parse_bench
 from hil.report import summary_table, write_report
-from hil.runner import RunResult, Sample, judge
+from hil.runner import Collector, RunResult, Sample, judge
 from hil.scenario import library, parse_scenario
 from node.errors import ConfigError
 
@@ -89,3 +89,14 @@ def test_report_files_and_compare(tmp_path):
     suites = ET.parse(tmp_path / "junit.xml").getroot()
     assert len(suites.findall("testsuite")) == 2
     assert "| scenario |" in summary_table([(umbra, None)])
+
+
+def test_telemetry_after_a_board_reset_lands_at_the_right_run_time():
+    # Run time 0 was board time 100; the board is reset at run time 450 and its clock
+    # restarts at 0.  Packets stamped before the reset still map the old way.
+    collector = Collector("127.0.0.1", 1, "n", lambda t_board: t_board - 100.0)
+    assert collector._run_t(500.0) == 400.0
+    collector.board_reset(450.0)
+    assert collector._run_t(549.0) == 449.0  # sent before the reset, delivered after it
+    assert collector._run_t(3.0) == 453.0  # the new clock
+    assert collector._run_t(60.0) == 510.0

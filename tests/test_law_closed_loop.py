@@ -6,10 +6,19 @@ itself that a judged scenario would only show as lost work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
 from firmware_sim import physics as ph
 from firmware_sim.config import ORBITS, SpaceConfig
-from firmware_sim.spaceplant import SENSOR_DRIFT, SENSOR_DROPOUT, SENSOR_NAN, SENSOR_STUCK, SpacePlant
+from firmware_sim.spaceplant import (
+    SENSOR_DRIFT,
+    SENSOR_DROPOUT,
+    SENSOR_NAN,
+    SENSOR_STUCK,
+    SpacePlant,
+)
 from node.control.law import UmbraLaw
 from node.link.messages import Sensor, SensorFlag
 
@@ -26,7 +35,7 @@ def _sensor(plant: SpacePlant) -> Sensor:
     )  # fmt: skip
 
 
-def _closed_loop(plant: SpacePlant, law: UmbraLaw, seconds: float, at: dict[float, object], rate_hz: float = 10.0):
+def _closed_loop(plant: SpacePlant, law: UmbraLaw, seconds: float, at: dict[float, Callable[[], None]], rate_hz: float = 10.0):
     """Step plant and law together, applying ``at[t]()`` when board time reaches t.
 
     Returns (caps, true die temperatures), one row per board second.
