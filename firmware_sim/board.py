@@ -4,7 +4,7 @@
 configured) and runs one TaskGroup of named tasks until the block exits:
 
 - ``umbra.board.clock`` — board time runs ``speed`` × wall time from boot.  The plant is
-  stepped every ``1/rate`` s of board time, split into steps of at most ``max_step_s``,
+  stepped every ``1/rate`` s of board time (the plant sub-steps as its physics needs),
   and a SENSOR frame goes out after each full period.  Steps are scheduled on absolute
   times, so the clock does not drift; after a long stall (the process was stopped) it
   jumps ahead in one exact step instead of replaying history.
@@ -45,37 +45,25 @@ from firmware_sim.config import BoardConfig
 from firmware_sim.firmware import Firmware
 from firmware_sim.hil_port import HilPort
 from firmware_sim.impair import LinkImpairment
-from firmware_sim.plant import FirstOrderPlant, ParamValue, Plant
+from firmware_sim.plant import FirstOrderPlant, ParamValue, Plant, bad_argument
 from firmware_sim.ptyport import PtyPort
 from node.errors import CommandRejected
-from node.link.messages import AckStatus, Hello, HelloAck
+from node.link.messages import Hello, HelloAck
 
 #: Wall seconds the clock may fall behind before it skips ahead rather than catching up.
 MAX_LAG_S = 1.0
 
 
-def _bad(message: str) -> CommandRejected:
-    return CommandRejected(message, code=AckStatus.BAD_ARGUMENT)
-
-
 def _flag(name: str, value: ParamValue) -> bool:
     if isinstance(value, tuple) or not math.isfinite(value):
-        raise _bad(f"{name}: expected 1.0 or 0.0, got {value!r}")
+        raise bad_argument(f"{name}: expected 1.0 or 0.0, got {value!r}")
     return value >= 0.5
 
 
 def _seconds(name: str, value: ParamValue, hi: float = 1e7) -> float:
     if isinstance(value, tuple) or not (math.isfinite(value) and 0.0 <= value <= hi):
-        raise _bad(f"{name}: expected seconds in [0, {hi:g}], got {value!r}")
+        raise bad_argument(f"{name}: expected seconds in [0, {hi:g}], got {value!r}")
     return float(value)
-
-
-#: Names the board answers itself (the rest go to the firmware and the plant).
-BOARD_PARAMS = (
-    "time.pause", "time.step_s", "time.speed", "time.lockstep", "time.lockstep_timeout_s",
-    "time.frames", "board.reset", "board.resets", "link.ber", "link.drop_rate",
-    "link.delay_s", "link.garbage", "link.disconnect", "link.disconnect_s",
-)
 
 
 class Board:
@@ -126,6 +114,7 @@ class Board:
         self._timeline = sorted(config.timeline, key=lambda e: e[0])
         self.resets = 0
         self._disconnected = False
+        self._getters, self._setters = self._board_params()
         self._reconnect: asyncio.TimerHandle | None = None
 
     @property
@@ -344,73 +333,68 @@ class Board:
     def hello_ack(self, hello: Hello) -> HelloAck:
         return self.firmware.hello_ack(hello)
 
+    def _board_params(self) -> tuple[dict[str, Callable[[], ParamValue]], dict[str, Callable[[ParamValue], None]]]:
+        """Names the board answers itself (the rest go to the firmware and the plant)."""
+        impair = self.impair
+        getters: dict[str, Callable[[], ParamValue]] = {
+            "time.pause": lambda: 1.0 if self.paused else 0.0,
+            "time.step_s": lambda: max(self._step_budget_s, 0.0),
+            "time.speed": lambda: self.speed,
+            "time.lockstep": lambda: 1.0 if self.lockstep else 0.0,
+            "time.lockstep_timeout_s": lambda: self.lockstep_timeout_s,
+            "time.frames": lambda: float(self.firmware.stats.sensor_frames),
+            "board.reset": lambda: float(self.resets),
+            "board.resets": lambda: float(self.resets),
+            "link.ber": lambda: impair.ber,
+            "link.drop_rate": lambda: impair.drop_rate,
+            "link.delay_s": lambda: impair.delay_s,
+            "link.garbage": lambda: float(impair.garbage_sent),
+            "link.disconnect": lambda: 1.0 if self._disconnected else 0.0,
+            "link.disconnect_s": lambda: 1.0 if self._disconnected else 0.0,
+        }
+
+        def set_speed(v: ParamValue) -> None:
+            speed = _seconds("time.speed", v, 1e4)
+            if speed <= 0:
+                raise bad_argument("time.speed: must be > 0")
+            self.speed = speed
+
+        def set_step(v: ParamValue) -> None:
+            self._step_budget_s += _seconds("time.step_s", v)
+
+        setters: dict[str, Callable[[ParamValue], None]] = {
+            "time.pause": lambda v: setattr(self, "paused", _flag("time.pause", v)),
+            "time.step_s": set_step,
+            "time.speed": set_speed,
+            "time.lockstep": lambda v: setattr(self, "lockstep", _flag("time.lockstep", v)),
+            "time.lockstep_timeout_s": lambda v: setattr(
+                self, "lockstep_timeout_s", max(_seconds("time.lockstep_timeout_s", v, 3600.0), 0.001)),
+            "board.reset": lambda v: setattr(self.firmware, "reset_requested", True),
+            "link.ber": lambda v: setattr(impair, "ber", _seconds("link.ber", v, 1.0)),
+            "link.drop_rate": lambda v: setattr(impair, "drop_rate", _seconds("link.drop_rate", v, 1.0)),
+            "link.delay_s": lambda v: setattr(impair, "delay_s", _seconds("link.delay_s", v, 60.0)),
+            "link.garbage": lambda v: impair.garbage(int(_seconds("link.garbage", v, 4096))),
+            "link.disconnect": lambda v: self.disconnect() if _flag("link.disconnect", v) else self.reconnect(),
+            "link.disconnect_s": lambda v: self.disconnect(_seconds("link.disconnect_s", v, 3600.0)),
+        }
+        return getters, setters
+
     def get_param(self, name: str) -> ParamValue:
-        if name == "time.pause":
-            return 1.0 if self.paused else 0.0
-        if name == "time.step_s":
-            return max(self._step_budget_s, 0.0)
-        if name == "time.speed":
-            return self.speed
-        if name == "time.lockstep":
-            return 1.0 if self.lockstep else 0.0
-        if name == "time.lockstep_timeout_s":
-            return self.lockstep_timeout_s
-        if name == "time.frames":
-            return float(self.firmware.stats.sensor_frames)
-        if name in ("board.reset", "board.resets"):
-            return float(self.resets)
-        if name == "link.ber":
-            return self.impair.ber
-        if name == "link.drop_rate":
-            return self.impair.drop_rate
-        if name == "link.delay_s":
-            return self.impair.delay_s
-        if name == "link.garbage":
-            return float(self.impair.garbage_sent)
-        if name in ("link.disconnect", "link.disconnect_s"):
-            return 1.0 if self._disconnected else 0.0
-        return self.firmware.get_param(name)
+        getter = self._getters.get(name)
+        return getter() if getter is not None else self.firmware.get_param(name)
 
     def set_param(self, name: str, value: ParamValue) -> None:
-        if name == "time.pause":
-            self.paused = _flag(name, value)
-        elif name == "time.step_s":
-            self._step_budget_s += _seconds(name, value)
-        elif name == "time.speed":
-            speed = _seconds(name, value, 1e4)
-            if speed <= 0:
-                raise _bad("time.speed: must be > 0")
-            self.speed = speed
-        elif name == "time.lockstep":
-            self.lockstep = _flag(name, value)
-        elif name == "time.lockstep_timeout_s":
-            self.lockstep_timeout_s = max(_seconds(name, value, 3600.0), 0.001)
-        elif name == "board.reset":
-            self.firmware.reset_requested = True
-        elif name == "link.ber":
-            self.impair.ber = _seconds(name, value, 1.0)
-        elif name == "link.drop_rate":
-            self.impair.drop_rate = _seconds(name, value, 1.0)
-        elif name == "link.delay_s":
-            self.impair.delay_s = _seconds(name, value, 60.0)
-        elif name == "link.garbage":
-            self.impair.garbage(int(_seconds(name, value, 4096)))
-        elif name == "link.disconnect":
-            if _flag(name, value):
-                self.disconnect()
-            else:
-                self.reconnect()
-        elif name == "link.disconnect_s":
-            self.disconnect(_seconds(name, value, 3600.0))
-        elif name in BOARD_PARAMS:
-            raise _bad(f"read-only parameter {name!r}")
-        else:
+        setter = self._setters.get(name)
+        if setter is None:
+            if name in self._getters:
+                raise bad_argument(f"read-only parameter {name!r}")
             self.firmware.set_param(name, value)
             return
-        self._reanchor()
+        setter(value)
+        self._reanchor()  # time or link settings changed: pace from now
 
     def param_names(self) -> tuple[str, ...]:
-        return BOARD_PARAMS + self.firmware.param_names()
+        return tuple(self._getters) + self.firmware.param_names()
 
     # --- bytes in and out -----------------------------------------------------------------
 

@@ -56,21 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpus",
         type=int,
-        default=8,
+        default=None,
         metavar="N",
         help=f"GPU count, 1-{MAX_BOARD_GPUS} (default 8)",
     )
     p.add_argument(
         "--rate",
         type=float,
-        default=10.0,
+        default=None,
         metavar="HZ",
         help="sensor frames per second of board time (default 10)",
     )
     p.add_argument(
         "--speed",
         type=float,
-        default=1.0,
+        default=None,
         metavar="X",
         help="board seconds per wall second (default 1)",
     )
@@ -83,21 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--board-id",
-        default="sim-1",
+        default=None,
         metavar="ID",
         help="board id reported in HELLO_ACK (default sim-1)",
     )
     p.add_argument(
         "--watchdog",
         type=float,
-        default=3.0,
+        default=None,
         metavar="S",
         help="wall seconds of node silence before the safe state (default 3)",
     )
     p.add_argument(
         "--demand",
         type=float,
-        default=500.0,
+        default=None,
         metavar="W",
         help="power each GPU's job would draw uncapped (default 500)",
     )
@@ -197,17 +197,13 @@ def config_from_args(args: argparse.Namespace) -> BoardConfig:
                              tuple(float(v) for v in value) if isinstance(value, list) else float(value)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--config: bad [[event]] {event!r}: {exc}", key="event") from None
-    # Command-line flags win over the file; the file wins over the defaults.
+    # Command-line flags win over the file; the file wins over BoardConfig's defaults.
     flags = {
         "gpus": args.gpus, "rate_hz": args.rate, "speed": args.speed, "seed": args.seed,
         "board_id": args.board_id, "watchdog_s": args.watchdog, "demand_w": args.demand,
         "orbit": args.orbit, "model": args.model, "lockstep_timeout_s": args.lockstep_timeout,
     }
-    defaults = {"gpus": 8, "rate_hz": 10.0, "speed": 1.0, "board_id": "sim-1",
-                "watchdog_s": 3.0, "demand_w": 500.0}
-    for key, value in flags.items():
-        if value is not None and (key not in defaults or value != defaults[key] or key not in board):
-            board[key] = value
+    board.update({key: value for key, value in flags.items() if value is not None})
     if args.lockstep:
         board["lockstep"] = True
     try:

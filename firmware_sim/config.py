@@ -143,7 +143,6 @@ class BoardConfig:
     board_id: str = "sim-1"
     watchdog_s: float = 3.0
     demand_w: float = 500.0
-    max_step_s: float = 0.1  # longest physics step, board time; frames are split finer
     poll_s: float = 0.02  # wall time between retransmit/watchdog checks
     model: str = "space"  # "space" (orbital plant) or "first-order" (the foundation's stand-in)
     orbit: str = "beta0"
@@ -172,7 +171,6 @@ class BoardConfig:
         _number(o, "demand_w", self.demand_w, *POWER_RANGE_W)
         if self.seed is not None:
             _integer(o, "seed", self.seed, 0, 2**63 - 1)
-        _number(o, "max_step_s", self.max_step_s, 0.0, 3600.0, lo_open=True)
         _number(o, "poll_s", self.poll_s, 0.0, 1.0, lo_open=True)
         if self.model not in ("space", "first-order"):
             raise ConfigError(f"{o}.model: {self.model!r} is not space or first-order", key="model")

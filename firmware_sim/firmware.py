@@ -111,9 +111,7 @@ class Firmware:
         self._safe = False
         self.step_done_t = -1.0
         self.reset_requested = False
-        reboot = getattr(self.plant, "reboot", None)
-        if reboot is not None:
-            reboot()
+        self.plant.reboot()
         self.log.warning("board reset: board time restarts at 0")
 
     # --- state ----------------------------------------------------------------------------
@@ -224,14 +222,10 @@ class Firmware:
                 self.plant.set_rail(message.gpu, message.on)
             elif isinstance(message, ResetBoard):
                 self.reset_requested = True
-            elif isinstance(message, Checkpoint | Restore):
-                handler = getattr(self.plant, "start_checkpoint" if isinstance(message, Checkpoint) else "restore", None)
-                if handler is None:
-                    raise CommandRejected("this plant keeps no checkpoints", code=AckStatus.UNSUPPORTED)
-                if isinstance(message, Checkpoint):
-                    handler(message.gpu, message.pause_s)
-                else:
-                    handler(message.gpu, message.progress)
+            elif isinstance(message, Checkpoint):
+                self.plant.start_checkpoint(message.gpu, message.pause_s)
+            elif isinstance(message, Restore):
+                self.plant.restore(message.gpu, message.progress)
             else:
                 raise CommandRejected(
                     f"{type(message).__name__} is not served on this port",

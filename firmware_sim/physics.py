@@ -127,9 +127,69 @@ N_G = 16
 
 
 @njit(cache=True)
-def _lose(g: F64, i: int) -> None:
+def lose_unsaved(g: F64, i: int) -> None:
+    """GPU ``i`` falls back to its last checkpoint: the work since then is lost."""
     g[G_LOST, i] += g[G_PROG, i] - g[G_SAVED, i]
     g[G_PROG, i] = g[G_SAVED, i]
+
+
+@njit(cache=True)
+def _target(p: F64, g: F64, i: int) -> float:
+    """Power GPU ``i`` heads for: its cap or its job's demand, halved in slowdown; 0 when off."""
+    if g[G_RAIL, i] < 0.5 or g[G_ALIVE, i] < 0.5:
+        return 0.0
+    tgt = max(p[P_IDLE], min(g[G_CAP, i], g[G_DEMAND, i]))
+    if g[G_SLOWED, i] > 0.5:
+        tgt = max(p[P_IDLE], tgt * p[P_SLOW_F])
+    return float(tgt)
+
+
+@njit(cache=True)
+def _power(p: F64, s: F64, h: float, solar: float, lit: float, p_gpu: float) -> tuple[float, float]:
+    """Step 5 for one sub-step (scalar: shared by the kernel and its reference).
+
+    Solar in, GPU and avionics out, the battery takes the difference; updates ``s`` and
+    returns the battery energy (J) and the bus voltage.
+    """
+    net = solar - (p_gpu + p[P_AVI_W])
+    e = s[S_EBATT]
+    cap_j = p[P_BATT_CAP]
+    s[S_E_AVAIL] += solar * h
+    if net >= 0.0:
+        charge = min(net, p[P_CHARGE_MAX], max(cap_j - e, 0.0) / (p[P_ETA_C] * h))
+        e += charge * p[P_ETA_C] * h
+        s[S_E_BLOSS] += charge * (1.0 - p[P_ETA_C]) * h
+        s[S_E_SHUNT] += (net - charge) * h
+        s[S_E_SOLAR] += (solar - (net - charge)) * h
+        batt_w = charge
+    else:
+        need = -net
+        chem = need / p[P_ETA_D] * h
+        s[S_E_SOLAR] += solar * h
+        if e >= chem:
+            e -= chem
+            s[S_E_BLOSS] += chem - need * h
+            batt_w = -need
+        else:
+            supplied = e * p[P_ETA_D] / h
+            s[S_E_BLOSS] += e - supplied * h
+            s[S_E_UNSERVED] += (need - supplied) * h
+            e = 0.0
+            batt_w = -supplied
+    s[S_EBATT] = e
+    s[S_BATT_W] = batt_w
+    s[S_SOLAR_W] = solar
+    s[S_LIT] = lit
+    s[S_E_GPU] += p_gpu * h
+    s[S_E_AVI] += p[P_AVI_W] * h
+    soc = e / cap_j if cap_j > 0.0 else 0.0
+    v_oc = p[P_V_EMPTY] + (p[P_V_FULL] - p[P_V_EMPTY]) * soc
+    bus_v = v_oc + p[P_R_INT] * batt_w / v_oc
+    s[S_BUS_V] = bus_v
+    s[S_SOC_MIN] = min(s[S_SOC_MIN], soc)
+    if soc < p[P_SOC_FLOOR]:
+        s[S_T_FLOOR] += h
+    return e, bus_v
 
 
 @njit(cache=True)
@@ -157,12 +217,7 @@ def space_step(dt: float, p: F64, s: F64, g: F64) -> None:
         # 2. GPU targets and the bus limit
         total = 0.0
         for i in range(n):
-            tgt = 0.0
-            if g[G_RAIL, i] > 0.5 and g[G_ALIVE, i] > 0.5:
-                tgt = max(p[P_IDLE], min(g[G_CAP, i], g[G_DEMAND, i]))
-                if g[G_SLOWED, i] > 0.5:
-                    tgt = max(p[P_IDLE], tgt * p[P_SLOW_F])
-            total += tgt
+            total += _target(p, g, i)
         scale = 1.0
         room = p[P_BUS_MAX] - p[P_AVI_W]
         if total > room:
@@ -174,10 +229,7 @@ def space_step(dt: float, p: F64, s: F64, g: F64) -> None:
         for i in range(n):
             mean_p = 0.0  # a GPU without its rail, or dropped off the bus, draws nothing
             if g[G_RAIL, i] > 0.5 and g[G_ALIVE, i] > 0.5:
-                tgt = max(p[P_IDLE], min(g[G_CAP, i], g[G_DEMAND, i]))
-                if g[G_SLOWED, i] > 0.5:
-                    tgt = max(p[P_IDLE], tgt * p[P_SLOW_F])
-                tgt *= scale
+                tgt = _target(p, g, i) * scale
                 gap = g[G_POWER, i] - tgt
                 mean_p = tgt + gap * m
                 g[G_POWER, i] = tgt + gap * a
@@ -210,47 +262,7 @@ def space_step(dt: float, p: F64, s: F64, g: F64) -> None:
         s[S_RAD_W] = q_out / h
         s[S_E_RADMAX] += max(p[P_RAD_EA] * (lim_k * lim_k * lim_k * lim_k - sink4) * h, 0.0)
         # 5. power
-        load = p_gpu + p[P_AVI_W]
-        net = solar - load
-        e = s[S_EBATT]
-        cap_j = p[P_BATT_CAP]
-        s[S_E_AVAIL] += solar * h
-        batt_w = 0.0
-        if net >= 0.0:
-            charge = min(net, p[P_CHARGE_MAX], max(cap_j - e, 0.0) / (p[P_ETA_C] * h))
-            e += charge * p[P_ETA_C] * h
-            s[S_E_BLOSS] += charge * (1.0 - p[P_ETA_C]) * h
-            s[S_E_SHUNT] += (net - charge) * h
-            s[S_E_SOLAR] += (solar - (net - charge)) * h
-            batt_w = charge
-        else:
-            need = -net
-            chem = need / p[P_ETA_D] * h
-            s[S_E_SOLAR] += solar * h
-            if e >= chem:
-                e -= chem
-                s[S_E_BLOSS] += chem - need * h
-                batt_w = -need
-            else:
-                supplied = e * p[P_ETA_D] / h
-                s[S_E_BLOSS] += e - supplied * h
-                s[S_E_UNSERVED] += (need - supplied) * h
-                e = 0.0
-                batt_w = -supplied
-        s[S_EBATT] = e
-        s[S_BATT_W] = batt_w
-        s[S_SOLAR_W] = solar
-        s[S_LIT] = lit
-        s[S_E_GPU] += p_gpu * h
-        s[S_E_AVI] += q_avi
-        soc = e / cap_j if cap_j > 0.0 else 0.0
-        v_oc = p[P_V_EMPTY] + (p[P_V_FULL] - p[P_V_EMPTY]) * soc
-        bus_v = v_oc + p[P_R_INT] * batt_w / v_oc
-        s[S_BUS_V] = bus_v
-        if soc < s[S_SOC_MIN]:
-            s[S_SOC_MIN] = soc
-        if soc < p[P_SOC_FLOOR]:
-            s[S_T_FLOOR] += h
+        e, bus_v = _power(p, s, h, solar, lit, p_gpu)
         # 6. protection
         if bus_v < p[P_UV_CUT] or e <= 0.0:
             if s[S_SHED] < 0.5:
@@ -259,7 +271,7 @@ def space_step(dt: float, p: F64, s: F64, g: F64) -> None:
             for i in range(n):
                 if g[G_RAIL, i] > 0.5:
                     g[G_RAIL, i] = 0.0
-                    _lose(g, i)
+                    lose_unsaved(g, i)
         else:
             s[S_SHED] = 0.0
         for i in range(n):
@@ -268,7 +280,7 @@ def space_step(dt: float, p: F64, s: F64, g: F64) -> None:
                 g[G_ALIVE, i] = 0.0
                 g[G_SHUTDOWNS, i] += 1.0
                 g[G_XID, i] += 1.0
-                _lose(g, i)
+                lose_unsaved(g, i)
             if g[G_SLOWED, i] > 0.5:
                 if die < p[P_RELEASE_C]:
                     g[G_SLOWED, i] = 0.0
@@ -327,45 +339,7 @@ def space_step_ref(dt: float, p: F64, s: F64, g: F64) -> None:
         s[S_E_RAD] += q_out
         s[S_RAD_W] = q_out / h
         s[S_E_RADMAX] += max(p[P_RAD_EA] * (lim4 - sink4) * h, 0.0)
-        p_gpu = float(mean_p.sum())
-        net = solar - (p_gpu + p[P_AVI_W])
-        e = s[S_EBATT]
-        cap_j = p[P_BATT_CAP]
-        s[S_E_AVAIL] += solar * h
-        if net >= 0.0:
-            charge = min(net, p[P_CHARGE_MAX], max(cap_j - e, 0.0) / (p[P_ETA_C] * h))
-            e += charge * p[P_ETA_C] * h
-            s[S_E_BLOSS] += charge * (1.0 - p[P_ETA_C]) * h
-            s[S_E_SHUNT] += (net - charge) * h
-            s[S_E_SOLAR] += (solar - (net - charge)) * h
-            batt_w = charge
-        else:
-            need = -net
-            chem = need / p[P_ETA_D] * h
-            s[S_E_SOLAR] += solar * h
-            if e >= chem:
-                e -= chem
-                s[S_E_BLOSS] += chem - need * h
-                batt_w = -need
-            else:
-                supplied = e * p[P_ETA_D] / h
-                s[S_E_BLOSS] += e - supplied * h
-                s[S_E_UNSERVED] += (need - supplied) * h
-                e = 0.0
-                batt_w = -supplied
-        s[S_EBATT] = e
-        s[S_BATT_W] = batt_w
-        s[S_SOLAR_W] = solar
-        s[S_LIT] = lit
-        s[S_E_GPU] += p_gpu * h
-        s[S_E_AVI] += q_avi
-        soc = e / cap_j if cap_j > 0.0 else 0.0
-        v_oc = p[P_V_EMPTY] + (p[P_V_FULL] - p[P_V_EMPTY]) * soc
-        bus_v = v_oc + p[P_R_INT] * batt_w / v_oc
-        s[S_BUS_V] = bus_v
-        s[S_SOC_MIN] = min(s[S_SOC_MIN], soc)
-        if soc < p[P_SOC_FLOOR]:
-            s[S_T_FLOOR] += h
+        e, bus_v = _power(p, s, h, solar, lit, float(mean_p.sum()))
         if bus_v < p[P_UV_CUT] or e <= 0.0:
             if s[S_SHED] < 0.5:
                 s[S_UV_TRIPS] += 1.0

@@ -125,6 +125,18 @@ class Plant(Protocol):
 
     def set_rail(self, gpu: int, on: bool) -> None: ...
 
+    def start_checkpoint(self, gpu: int, pause_s: float) -> None:
+        """CHECKPOINT (ICD §4.6.2); CommandRejected(UNSUPPORTED) from a plant without jobs."""
+        ...
+
+    def restore(self, gpu: int, progress: float) -> None:
+        """RESTORE (ICD §4.6.2); CommandRejected(UNSUPPORTED) from a plant without jobs."""
+        ...
+
+    def reboot(self) -> None:
+        """Board reset: what the GPUs lose when the board restarts."""
+        ...
+
     def get_param(self, name: str) -> ParamValue:
         """A named value; raises CommandRejected(BAD_ARGUMENT) for unknown names."""
         ...
@@ -136,17 +148,48 @@ class Plant(Protocol):
     def param_names(self) -> tuple[str, ...]: ...
 
 
-def _bad(message: str) -> CommandRejected:
+def bad_argument(message: str) -> CommandRejected:
     return CommandRejected(message, code=AckStatus.BAD_ARGUMENT)
 
 
 _A = TypeVar("_A", bound=np.ndarray)
 
 
-def _readonly(array: _A) -> _A:
+def readonly_view(array: _A) -> _A:
     view = array.view()
     view.flags.writeable = False
     return view
+
+
+def checked_number(name: str, value: ParamValue, lo: float, hi: float) -> float:
+    """One finite number within [lo, hi], or BAD_ARGUMENT naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        raise bad_argument(f"{name}: expected one number, got {value!r}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise bad_argument(f"{name}: {value!r} outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def checked_caps(cap_w: Sequence[float], gpu_count: int, lo: float, hi: float) -> Sequence[float]:
+    """SET_CAPS's vector, or BAD_ARGUMENT: one cap per GPU, each within the hardware range."""
+    if len(cap_w) != gpu_count:
+        raise bad_argument(f"{len(cap_w)} caps for {gpu_count} GPUs")
+    for i, cap in enumerate(cap_w):
+        if not lo <= cap <= hi:  # NaN fails this too
+            raise bad_argument(f"cap {i} = {cap} W outside [{lo:g}, {hi:g}] W")
+    return cap_w
+
+
+def checked_demand(value: ParamValue, gpu_count: int) -> tuple[float, ...]:
+    """HIL ``demand_w``: one number for every GPU or one per GPU, each a valid power."""
+    values = value if isinstance(value, tuple) else (value,) * gpu_count
+    if len(values) != gpu_count:
+        raise bad_argument(f"demand_w: need one float or {gpu_count} floats")
+    lo, hi = POWER_RANGE_W
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, float | int) or not lo <= v <= hi:
+            raise bad_argument(f"demand_w: {v!r} outside [{lo:g}, {hi:g}] W")
+    return values
 
 
 class ParamTable:
@@ -162,14 +205,14 @@ class ParamTable:
     def get_param(self, name: str) -> ParamValue:
         getter = self._getters.get(name)
         if getter is None:
-            raise _bad(f"unknown parameter {name!r}")
+            raise bad_argument(f"unknown parameter {name!r}")
         return getter()
 
     def set_param(self, name: str, value: ParamValue) -> None:
         setter = self._setters.get(name)
         if setter is None:
             what = "read-only" if name in self._getters else "unknown"
-            raise _bad(f"{what} parameter {name!r}")
+            raise bad_argument(f"{what} parameter {name!r}")
         setter(value)
 
     def param_names(self) -> tuple[str, ...]:
@@ -194,11 +237,11 @@ class FirstOrderPlant(ParamTable):
         self._sink_c = cfg.sink_c
         self._solar_w = cfg.solar_w
         self._battery_soc = cfg.battery_soc
-        self._temp_view = _readonly(self._temp)
-        self._power_view = _readonly(self._power)
-        self._cap_view = _readonly(self._cap)
-        self._progress_view = _readonly(self._progress)
-        self._rail_view = _readonly(self._rail)
+        self._temp_view = readonly_view(self._temp)
+        self._power_view = readonly_view(self._power)
+        self._cap_view = readonly_view(self._cap)
+        self._progress_view = readonly_view(self._progress)
+        self._rail_view = readonly_view(self._rail)
         self._getters: dict[str, Callable[[], ParamValue]] = {
             "demand_w": lambda: tuple(self._demand.tolist()),
             "sink_c": lambda: self._sink_c,
@@ -280,41 +323,33 @@ class FirstOrderPlant(ParamTable):
         )
 
     def set_caps(self, cap_w: Sequence[float]) -> None:
-        lo, hi = self.cap_range_w
-        if len(cap_w) != self.gpu_count:
-            raise _bad(f"{len(cap_w)} caps for {self.gpu_count} GPUs")
-        for i, cap in enumerate(cap_w):
-            if not lo <= cap <= hi:  # NaN fails this too
-                raise _bad(f"cap {i} = {cap} W outside [{lo:g}, {hi:g}] W")
-        self._cap[:] = cap_w
+        self._cap[:] = checked_caps(cap_w, self.gpu_count, *self.cap_range_w)
 
     def set_rail(self, gpu: int, on: bool) -> None:
         if not 0 <= gpu < self.gpu_count:
-            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+            raise bad_argument(f"no GPU {gpu} (board has {self.gpu_count})")
         self._rail[gpu] = bool(on)
 
 
     # --- helpers --------------------------------------------------------------------------
 
+    def start_checkpoint(self, gpu: int, pause_s: float) -> None:
+        raise CommandRejected("this plant keeps no checkpoints", code=AckStatus.UNSUPPORTED)
+
+    def restore(self, gpu: int, progress: float) -> None:
+        raise CommandRejected("this plant keeps no checkpoints", code=AckStatus.UNSUPPORTED)
+
+    def reboot(self) -> None:
+        """Nothing to lose: the first-order plant runs no jobs."""
+
     def _radiator_c(self) -> float:
         return self._sink_c + self.config.radiator_gain * (float(self._temp.mean()) - self._sink_c)
 
     def _set_demand(self, value: ParamValue) -> None:
-        values = value if isinstance(value, tuple) else (value,) * self.gpu_count
-        if len(values) != self.gpu_count:
-            raise _bad(f"demand_w: need one float or {self.gpu_count} floats")
-        lo, hi = POWER_RANGE_W
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, float | int) or not lo <= v <= hi:
-                raise _bad(f"demand_w: {v!r} outside [{lo:g}, {hi:g}] W")
-        self._demand[:] = values
+        self._demand[:] = checked_demand(value, self.gpu_count)
 
     def _scalar_setter(self, name: str, lo: float, hi: float) -> Callable[[ParamValue], None]:
         def setter(value: ParamValue) -> None:
-            if isinstance(value, bool) or not isinstance(value, float | int):
-                raise _bad(f"{name}: expected one number, got {value!r}")
-            if not (math.isfinite(value) and lo <= value <= hi):
-                raise _bad(f"{name}: {value!r} outside [{lo:g}, {hi:g}]")
-            setattr(self, f"_{name}", float(value))
+            setattr(self, f"_{name}", checked_number(name, value, lo, hi))
 
         return setter

@@ -11,43 +11,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from firmware_sim import physics as ph
 from firmware_sim.config import SpaceConfig
-from firmware_sim.plant import ParamTable, ParamValue, Reading
-from node.errors import CommandRejected
-from node.link.messages import POWER_RANGE_W, TEMP_RANGE_C, AckStatus
+from firmware_sim.plant import (
+    ParamTable,
+    ParamValue,
+    Reading,
+    bad_argument,
+    checked_caps,
+    checked_demand,
+    checked_number,
+    readonly_view,
+)
+from node.link.messages import POWER_RANGE_W, TEMP_RANGE_C
 
 WH = 3600.0
 
 #: Sensor fault modes (``fault.sensor.<k>`` = mode or [mode, argument]).
 SENSOR_OK, SENSOR_STUCK, SENSOR_DRIFT, SENSOR_NAN, SENSOR_DROPOUT = 0, 1, 2, 3, 4
-SENSOR_MODES = {0: "ok", 1: "stuck", 2: "drift", 3: "nan", 4: "dropout"}
-
-
-def _bad(message: str) -> CommandRejected:
-    return CommandRejected(message, code=AckStatus.BAD_ARGUMENT)
-
-
-_A = TypeVar("_A", bound=np.ndarray)
-
-
-def _readonly(array: _A) -> _A:
-    view = array.view()
-    view.flags.writeable = False
-    return view
-
-
-def _number(name: str, value: ParamValue, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, float | int):
-        raise _bad(f"{name}: expected one number, got {value!r}")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise _bad(f"{name}: {value!r} outside [{lo:g}, {hi:g}]")
-    return float(value)
 
 
 def work_rate(power_w: float, idle_w: float, ref_w: float, alpha: float) -> float:
@@ -111,7 +96,7 @@ class SpacePlant(ParamTable):
         self._truth0_g = self.g.copy()
         self._truth0_heat = self._heat_room()
         self._views: dict[str, npt.NDArray[np.float64]] = {
-            k: _readonly(self.g[row]) for k, row in (
+            k: readonly_view(self.g[row]) for k, row in (
                 ("temp", ph.G_DIE), ("power", ph.G_POWER), ("cap", ph.G_CAP), ("progress", ph.G_PROG))
         }
         self._rail_bool = np.ones(n, dtype=np.bool_)
@@ -119,7 +104,6 @@ class SpacePlant(ParamTable):
         self._setters: dict[str, Callable[[ParamValue], None]] = {}
         self._register()
         self.step(0.0)  # compile (or load from the cache) now
-        ph.space_step(1e-9, self.p, self.s.copy(), self.g.copy())
 
     # --- parameters of the kernel -------------------------------------------------------
 
@@ -202,7 +186,7 @@ class SpacePlant(ParamTable):
     @property
     def rail_on(self) -> npt.NDArray[np.bool_]:
         np.greater(self.g[ph.G_RAIL], 0.5, out=self._rail_bool)
-        return _readonly(self._rail_bool)
+        return readonly_view(self._rail_bool)
 
     @property
     def t_s(self) -> float:
@@ -245,10 +229,10 @@ class SpacePlant(ParamTable):
     def start_checkpoint(self, gpu: int, pause_s: float) -> None:
         """Node's CHECKPOINT: pause ``gpu``'s work for ``pause_s``, then keep its progress."""
         if not 0 <= gpu < self.gpu_count:
-            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+            raise bad_argument(f"no GPU {gpu} (board has {self.gpu_count})")
         g = self.g
         if g[ph.G_RAIL, gpu] < 0.5 or g[ph.G_ALIVE, gpu] < 0.5:
-            raise _bad(f"GPU {gpu} is off or off the bus: nothing to checkpoint")
+            raise bad_argument(f"GPU {gpu} is off or off the bus: nothing to checkpoint")
         if self._ckpt_until[gpu] > -np.inf:
             return  # one checkpoint at a time per GPU; the running one stands
         self._ckpt_prog[gpu] = g[ph.G_PROG, gpu]
@@ -258,7 +242,7 @@ class SpacePlant(ParamTable):
     def restore(self, gpu: int, progress: float) -> None:
         """Node's RESTORE: the job on ``gpu`` resumes from a verified checkpoint's progress."""
         if not 0 <= gpu < self.gpu_count:
-            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+            raise bad_argument(f"no GPU {gpu} (board has {self.gpu_count})")
         g = self.g
         self._ckpt_until[gpu] = -np.inf
         g[ph.G_PROG, gpu] = progress
@@ -271,12 +255,7 @@ class SpacePlant(ParamTable):
         g[ph.G_ECC, gpu] += 1.0
         if g[ph.G_RAIL, gpu] > 0.5 and g[ph.G_ALIVE, gpu] > 0.5:
             g[ph.G_XID, gpu] += 1.0
-            self._lose(gpu)
-
-    def _lose(self, gpu: int) -> None:
-        g = self.g
-        g[ph.G_LOST, gpu] += g[ph.G_PROG, gpu] - g[ph.G_SAVED, gpu]
-        g[ph.G_PROG, gpu] = g[ph.G_SAVED, gpu]
+            ph.lose_unsaved(self.g, gpu)
 
     def read(self) -> Reading:
         c, g, s, n = self.config, self.g, self.s, self.gpu_count
@@ -351,22 +330,16 @@ class SpacePlant(ParamTable):
         return to_entry / omega, 0.0
 
     def set_caps(self, cap_w: Sequence[float]) -> None:
-        lo, hi = self.cap_range_w
-        if len(cap_w) != self.gpu_count:
-            raise _bad(f"{len(cap_w)} caps for {self.gpu_count} GPUs")
-        for i, cap in enumerate(cap_w):
-            if not lo <= cap <= hi:
-                raise _bad(f"cap {i} = {cap} W outside [{lo:g}, {hi:g}] W")
-        self.g[ph.G_CAP] = cap_w
+        self.g[ph.G_CAP] = checked_caps(cap_w, self.gpu_count, *self.cap_range_w)
 
     def set_rail(self, gpu: int, on: bool) -> None:
         """Switch a rail.  Off loses the job's unsaved work; on re-enumerates a dropped GPU."""
         if not 0 <= gpu < self.gpu_count:
-            raise _bad(f"no GPU {gpu} (board has {self.gpu_count})")
+            raise bad_argument(f"no GPU {gpu} (board has {self.gpu_count})")
         g = self.g
         was_on = g[ph.G_RAIL, gpu] > 0.5
         if was_on and not on:
-            self._lose(gpu)
+            ph.lose_unsaved(self.g, gpu)
         if on and not was_on:
             g[ph.G_ALIVE, gpu] = 1.0
             g[ph.G_SLOWED, gpu] = 0.0
@@ -381,7 +354,7 @@ class SpacePlant(ParamTable):
         """Board reset: every GPU re-initialised, unsaved work lost, counters of this boot cleared."""
         g, c = self.g, self.config
         for i in range(self.gpu_count):
-            self._lose(i)
+            ph.lose_unsaved(self.g, i)
         g[ph.G_ALIVE] = 1.0
         g[ph.G_SLOWED] = 0.0
         g[ph.G_RAIL] = 1.0
@@ -439,30 +412,33 @@ class SpacePlant(ParamTable):
 
     def truth(self) -> dict[str, float]:
         """Every scalar of ground truth since the last truth reset."""
-        g = self.g
+        return {key: read() for key, read in self._truth_readers().items()}
+
+    def _truth_readers(self) -> dict[str, Callable[[], float]]:
+        """One reader per truth scalar, so the HIL port computes only the one it is asked."""
         return {
-            "t_s": self._ds(ph.S_T),
-            "energy_avail_j": self._ds(ph.S_E_AVAIL),
-            "energy_solar_j": self._ds(ph.S_E_SOLAR),
-            "energy_shunt_j": self._ds(ph.S_E_SHUNT),
-            "energy_gpu_j": self._ds(ph.S_E_GPU),
-            "energy_avionics_j": self._ds(ph.S_E_AVI),
-            "energy_loss_j": self._ds(ph.S_E_BLOSS),
-            "energy_unserved_j": self._ds(ph.S_E_UNSERVED),
-            "energy_stored_j": self._ds(ph.S_EBATT),
-            "energy_radiated_j": self._ds(ph.S_E_RAD),
-            "work_done": self._dg(ph.G_DONE),
-            "work_lost": self._dg(ph.G_LOST),
-            "work_saved": float(g[ph.G_SAVED].sum()),
-            "work_bound": self.work_bound(),
-            "shutdowns": self._dg(ph.G_SHUTDOWNS),
-            "slowdown_s": self._dg(ph.G_T_SLOW),
-            "soc_min": float(self.s[ph.S_SOC_MIN]),
-            "below_floor_s": self._ds(ph.S_T_FLOOR),
-            "uv_trips": self._ds(ph.S_UV_TRIPS),
-            "seu": float(self.seu_count),
-            "loop_c": float(self.s[ph.S_LOOP]),
-            "radiator_c": float(self.s[ph.S_RAD]),
+            "t_s": lambda: self._ds(ph.S_T),
+            "energy_avail_j": lambda: self._ds(ph.S_E_AVAIL),
+            "energy_solar_j": lambda: self._ds(ph.S_E_SOLAR),
+            "energy_shunt_j": lambda: self._ds(ph.S_E_SHUNT),
+            "energy_gpu_j": lambda: self._ds(ph.S_E_GPU),
+            "energy_avionics_j": lambda: self._ds(ph.S_E_AVI),
+            "energy_loss_j": lambda: self._ds(ph.S_E_BLOSS),
+            "energy_unserved_j": lambda: self._ds(ph.S_E_UNSERVED),
+            "energy_stored_j": lambda: self._ds(ph.S_EBATT),
+            "energy_radiated_j": lambda: self._ds(ph.S_E_RAD),
+            "work_done": lambda: self._dg(ph.G_DONE),
+            "work_lost": lambda: self._dg(ph.G_LOST),
+            "work_saved": lambda: float(self.g[ph.G_SAVED].sum()),
+            "work_bound": lambda: self.work_bound(),
+            "shutdowns": lambda: self._dg(ph.G_SHUTDOWNS),
+            "slowdown_s": lambda: self._dg(ph.G_T_SLOW),
+            "soc_min": lambda: float(self.s[ph.S_SOC_MIN]),
+            "below_floor_s": lambda: self._ds(ph.S_T_FLOOR),
+            "uv_trips": lambda: self._ds(ph.S_UV_TRIPS),
+            "seu": lambda: float(self.seu_count),
+            "loop_c": lambda: float(self.s[ph.S_LOOP]),
+            "radiator_c": lambda: float(self.s[ph.S_RAD]),
         }
 
     # --- HIL parameters ------------------------------------------------------------------------
@@ -525,8 +501,8 @@ class SpacePlant(ParamTable):
         })
         for k in range(self.gpu_count + 2):
             get[f"fault.sensor.{self._sensor_name(k)}"] = self._sensor_getter(k)
-        for key in self.truth():
-            get[f"truth.{key}"] = self._truth_getter(key)
+        for key, read in self._truth_readers().items():
+            get[f"truth.{key}"] = read
         get["truth.temp_c"] = per_gpu(ph.G_DIE)
         self._beta: float | None = None
 
@@ -559,21 +535,18 @@ class SpacePlant(ParamTable):
     def _sensor_getter(self, k: int) -> Callable[[], ParamValue]:
         return lambda: (float(self._sfault[k]), float(self._sarg[k]))
 
-    def _truth_getter(self, key: str) -> Callable[[], ParamValue]:
-        return lambda: self.truth()[key]
-
     def _sensor_setter(self, k: int) -> Callable[[ParamValue], None]:
         name = f"fault.sensor.{self._sensor_name(k)}"
 
         def setter(value: ParamValue) -> None:
             mode_v, arg = (value[0], value[1]) if isinstance(value, tuple) and len(value) == 2 else (
                 value, math.nan)
-            mode = _number(name, mode_v, 0, 4)
+            mode = checked_number(name, mode_v, 0, 4)
             if mode != int(mode):
-                raise _bad(f"{name}: mode must be 0-4, got {mode_v!r}")
+                raise bad_argument(f"{name}: mode must be 0-4, got {mode_v!r}")
             if math.isnan(arg):
                 arg = {SENSOR_DRIFT: 0.1, SENSOR_DROPOUT: 0.5}.get(int(mode), 0.0)
-            arg = _number(name, arg, -1e3, 1e3)
+            arg = checked_number(name, arg, -1e3, 1e3)
             self.set_sensor_fault(k, int(mode), arg)
 
         return setter
@@ -599,7 +572,7 @@ class SpacePlant(ParamTable):
 
     def _fault_setter(self, attr: str, lo: float, hi: float) -> Callable[[ParamValue], None]:
         def setter(value: ParamValue) -> None:
-            v = _number(f"fault.{attr}", value, lo, hi)
+            v = checked_number(f"fault.{attr}", value, lo, hi)
             current = getattr(self, attr)
             setattr(self, attr, type(current)(v) if not isinstance(current, bool) else v >= 0.5)
             self._apply_faults()
@@ -608,42 +581,35 @@ class SpacePlant(ParamTable):
 
     def _p_setter(self, name: str, k: int, lo: float, hi: float) -> Callable[[ParamValue], None]:
         def setter(value: ParamValue) -> None:
-            self.p[k] = _number(name, value, lo, hi)
+            self.p[k] = checked_number(name, value, lo, hi)
 
         return setter
 
     def _set_beta(self, value: ParamValue) -> None:
-        beta = _number("orbit.beta_deg", value, -90.0, 90.0)
+        beta = checked_number("orbit.beta_deg", value, -90.0, 90.0)
         c = self.config
         probe = SpaceConfig(gpu_count=c.gpu_count, altitude_km=c.altitude_km, beta_deg=beta)
         self.p[ph.P_ECL_HALF] = math.pi * probe.eclipse_fraction
         self._beta = beta
 
     def _set_soc(self, value: ParamValue) -> None:
-        self.s[ph.S_EBATT] = _number("battery_soc", value, 0.0, 1.0) * self.p[ph.P_BATT_CAP]
+        self.s[ph.S_EBATT] = checked_number("battery_soc", value, 0.0, 1.0) * self.p[ph.P_BATT_CAP]
 
     def _set_seu(self, value: ParamValue) -> None:
-        gpu = _number("fault.seu", value, 0, self.gpu_count - 1)
+        gpu = checked_number("fault.seu", value, 0, self.gpu_count - 1)
         self.upset(int(gpu))
 
     def _set_checkpoint(self, value: ParamValue) -> None:
         if isinstance(value, tuple):
             if len(value) != self.gpu_count:
-                raise _bad(f"job.checkpoint: need {self.gpu_count} flags")
+                raise bad_argument(f"job.checkpoint: need {self.gpu_count} flags")
             self.checkpoint([i for i, v in enumerate(value) if v >= 0.5])
             return
-        gpu = _number("job.checkpoint", value, -1, self.gpu_count - 1)
+        gpu = checked_number("job.checkpoint", value, -1, self.gpu_count - 1)
         self.checkpoint(None if gpu < 0 else [int(gpu)])
 
     def _set_demand(self, value: ParamValue) -> None:
-        values = value if isinstance(value, tuple) else (value,) * self.gpu_count
-        if len(values) != self.gpu_count:
-            raise _bad(f"demand_w: need one float or {self.gpu_count} floats")
-        lo, hi = POWER_RANGE_W
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, float | int) or not lo <= v <= hi:
-                raise _bad(f"demand_w: {v!r} outside [{lo:g}, {hi:g}] W")
-        self.g[ph.G_DEMAND] = values
+        self.g[ph.G_DEMAND] = checked_demand(value, self.gpu_count)
 
 
 def _mask(flags: npt.NDArray[np.bool_]) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ground.limits import Level, limit_for, violations
+from ground.jsonsafe import dumps as _json
+from ground.limits import violations
 from node.bus.payloads import Event, Housekeeping, NodeState, TcReport, Telecommand
 from node.errors import ConfigError
 
@@ -103,19 +103,19 @@ CREATE INDEX IF NOT EXISTS commands_sent ON commands (sent);
 """
 
 
-def _json(value: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        if isinstance(v, bytes):
-            return v.hex()
-        return v
+#: Rows per read when streaming housekeeping: memory stays bounded and the lock is not
+#: held between pages, so ingest keeps writing during a long export.
+HK_PAGE = 10_000
 
-    return json.dumps(clean(value), separators=(",", ":"))
+
+def _decode_hk(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored hk row (all columns or some) as Python values: arrays from JSON, link_up bool."""
+    for name in HK_ARRAYS:
+        if name in row:
+            row[name] = json.loads(row[name]) if row[name] else []
+    if "link_up" in row:
+        row["link_up"] = bool(row["link_up"])
+    return row
 
 
 @dataclass
@@ -126,7 +126,7 @@ class StoreResult:
     duplicates: int = 0
     states: int = 0
     gaps_opened: int = 0
-    stored_keys: list[tuple[str, int]] = field(default_factory=list)
+    gap_nodes: set[str] = field(default_factory=set)
 
 
 def _is_postgres(url: str) -> bool:
@@ -246,10 +246,11 @@ class Archive:
                     counts[p.node_id][1] += 1
                     continue
                 result.stored += 1
-                result.stored_keys.append((p.node_id, p.seq))
                 counts[p.node_id][0] += 1
                 self._store_body(p)
-                result.gaps_opened += self._track_seq(p.node_id, p.seq, high, received)
+                if self._track_seq(p.node_id, p.seq, high, received):
+                    result.gaps_opened += 1
+                    result.gap_nodes.add(p.node_id)
             for node in nodes:
                 stored, dups = counts[node]
                 self._exec(
@@ -380,24 +381,49 @@ class Archive:
         rows = self._rows("SELECT * FROM nodes WHERE node = ?", (node,))
         return rows[0] if rows else None
 
-    def hk(self, node: str, since: float | None = None, until: float | None = None,
-           limit: int = 100_000) -> list[dict[str, Any]]:
+    def hk(self, node: str, since: float | None = None,
+           until: float | None = None) -> list[dict[str, Any]]:
+        return list(self.iter_hk(node, since, until))
+
+    def iter_hk(self, node: str, since: float | None = None, until: float | None = None,
+                columns: Sequence[str] = ("*",)) -> Iterator[dict[str, Any]]:
+        """Every hk row of ``node`` in the window, by (utc, seq), read ``HK_PAGE`` at a time."""
+        # The page key (utc, seq) is always read; named columns only once.
+        cols = "*" if "*" in columns else ", ".join(dict.fromkeys(["utc", "seq", *columns]))
+        last_utc = since if since is not None else -1e18
+        last_seq = -1  # seq >= 0: the first page takes every row at ``since``
+        top = until if until is not None else 1e18
+        while True:
+            # Keyset paging on (utc, seq): "utc >= ?" keeps the index range, the OR skips
+            # the rows at that utc which the previous page already returned.
+            rows = self._rows(
+                f"SELECT {cols} FROM hk WHERE node = ? AND utc >= ? AND utc <= ?"
+                " AND (utc > ? OR seq > ?) ORDER BY utc, seq LIMIT ?",
+                (node, last_utc, top, last_utc, last_seq, HK_PAGE))
+            for r in rows:
+                yield _decode_hk(r)
+            if len(rows) < HK_PAGE:
+                return
+            last_utc, last_seq = rows[-1]["utc"], rows[-1]["seq"]
+
+    def hk_thinned(self, node: str, since: float, until: float, points: int) -> list[dict[str, Any]]:
+        """At most about ``points`` hk rows spread over the window, the newest included.
+
+        One row (the highest seq) per time bucket, picked in SQL so that a long window is
+        not read into Python; rows before the node's first sensor frame (empty arrays)
+        carry placeholders and are left out.
+        """
+        step = max((until - since) / max(points, 1), 1e-9)
         rows = self._rows(
-            "SELECT * FROM hk WHERE node = ? AND utc >= ? AND utc <= ? ORDER BY utc, seq LIMIT ?",
-            (node, since if since is not None else -1e18, until if until is not None else 1e18, limit))
-        for r in rows:
-            for name in HK_ARRAYS:
-                r[name] = json.loads(r[name]) if r[name] else []
-            r["link_up"] = bool(r["link_up"])
-        return rows
+            "SELECT * FROM hk WHERE node = ? AND seq IN (SELECT MAX(seq) FROM hk WHERE node = ?"
+            " AND utc >= ? AND utc <= ? AND temp_c NOT IN ('', '[]')"
+            " GROUP BY CAST((utc - ?) / ? AS INTEGER)) ORDER BY utc, seq",
+            (node, node, since, until, since, step))
+        return [_decode_hk(r) for r in rows]
 
     def latest_hk(self, node: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM hk WHERE node = ? ORDER BY utc DESC, seq DESC LIMIT 1", (node,))
-        if not rows:
-            return None
-        for name in HK_ARRAYS:
-            rows[0][name] = json.loads(rows[0][name]) if rows[0][name] else []
-        return rows[0]
+        return _decode_hk(rows[0]) if rows else None
 
     def events(self, node: str | None = None, *, min_severity: int = 0, search: str = "",
                since: float | None = None, until: float | None = None,
@@ -425,19 +451,34 @@ class Archive:
                               (node, limit))
         else:
             cmds = self._rows("SELECT * FROM commands ORDER BY sent DESC LIMIT ?", (limit,))
+        by_key: dict[tuple[str, str], dict[str, Any]] = {}
         for c in cmds:
             c["args"] = json.loads(c["args"])
-            reports = self._rows(
-                "SELECT stage, code, reason, at, text, data, utc, duplicate FROM tc_reports"
-                " WHERE node = ? AND id = ? ORDER BY seq", (c["node"], c["id"]))
-            for r in reports:
+            c["stages"] = []
+            by_key[(c["node"], c["id"])] = c
+        if not cmds:
+            return cmds
+        # One query for all their reports; node IN × id IN can over-match, the key filters.
+        nodes, ids = sorted({n for n, _ in by_key}), sorted({i for _, i in by_key})
+        reports = self._rows(
+            "SELECT node, id, stage, code, reason, at, text, data, utc, duplicate FROM tc_reports"
+            f" WHERE node IN ({', '.join('?' * len(nodes))}) AND id IN ({', '.join('?' * len(ids))})"
+            " ORDER BY node, seq", (*nodes, *ids))
+        for r in reports:
+            owner = by_key.get((r.pop("node"), r.pop("id")))
+            if owner is not None:
                 r["data"] = json.loads(r["data"])
-            c["stages"] = reports
+                owner["stages"].append(r)
         return cmds
 
-    def alarms(self, *, include_acked: bool = False) -> list[dict[str, Any]]:
-        where = "" if include_acked else " WHERE acked_at IS NULL OR active = 1"
-        return self._rows(f"SELECT * FROM alarms{where} ORDER BY worst DESC, node, channel")
+    def alarms(self, node: str | None = None, *, include_acked: bool = False) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM alarms WHERE " + ("1 = 1" if include_acked else
+                                               "(acked_at IS NULL OR active = 1)")
+        params: list[Any] = []
+        if node:
+            sql += " AND node = ?"
+            params.append(node)
+        return self._rows(sql + " ORDER BY worst DESC, node, channel", params)
 
     def gaps(self, node: str | None = None) -> list[dict[str, Any]]:
         if node:
@@ -465,15 +506,10 @@ class Archive:
         if name in HK_ARRAYS and index is None:
             raise ValueError(f"channel {name!r} is per GPU: write {name}[INDEX]")
         out: list[tuple[float, int, float | None]] = []
-        for r in self.hk(node, since, until):
+        for r in self.iter_hk(node, since, until, columns=(name,)):  # only the one column
             if index is None:
                 out.append((r["utc"], r["seq"], r[name]))
             else:
                 arr = r[name]
                 out.append((r["utc"], r["seq"], arr[index] if index < len(arr) else None))
         return out
-
-
-def level_of(channel: str, value: float | None) -> int:
-    lim = limit_for(channel)
-    return int(lim.level(value)) if lim is not None else int(Level.OK)

@@ -26,14 +26,13 @@ def hk_rows(archive: Archive, node: str | None, since: float | None,
     rows: list[dict[str, Any]] = []
     gpus = 0
     for n in nodes:
-        for r in sorted(archive.hk(n, since, until), key=lambda r: r["seq"]):
+        for r in sorted(archive.iter_hk(n, since, until), key=lambda r: r["seq"]):  # every row
             gpus = max(gpus, len(r["temp_c"]))
             rows.append(r)
     columns = list(HK_COLUMNS) + [f"{a}[{i}]" for a in HK_ARRAYS for i in range(gpus)]
     flat = []
     for r in rows:
-        out = {c: r.get(c) for c in HK_COLUMNS}
-        out["link_up"] = bool(out["link_up"])
+        out = {c: r.get(c) for c in HK_COLUMNS}  # link_up is already a bool
         for a in HK_ARRAYS:
             for i in range(gpus):
                 out[f"{a}[{i}]"] = r[a][i] if i < len(r[a]) else None

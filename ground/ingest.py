@@ -81,6 +81,7 @@ class Ingestor:
         batch_wait: float = 0.05,
         backoff: Backoff | None = None,
         qos: int = 1,
+        queue_max: int = 50_000,
     ) -> None:
         self.archive = archive
         self.host, self.port = host, port
@@ -95,7 +96,7 @@ class Ingestor:
         self.qos = qos
         self.stats = IngestStats()
         self.subscribed = asyncio.Event()
-        self._queue: asyncio.Queue[Storable] = asyncio.Queue(maxsize=50_000)
+        self._queue: asyncio.Queue[Storable] = asyncio.Queue(maxsize=queue_max)
         self._idle = asyncio.Event()
         self._idle.set()
         self._tg: asyncio.TaskGroup | None = None
@@ -118,6 +119,7 @@ class Ingestor:
             task.cancel()
         assert self._tg is not None
         await self._tg.__aexit__(exc_type, exc, tb)
+        log.info("%s stopped: %s", self.client_id, self.stats)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until everything received so far is stored."""
@@ -142,7 +144,7 @@ class Ingestor:
                     self.subscribed.set()
                     log.info("%s subscribed to %s on %s:%s", self.client_id, subs, self.host, self.port)
                     async for message in client.messages:
-                        self._accept(message.topic.value, message.payload)
+                        await self._accept(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
                 self.stats.connected = False
                 self.stats.last_error = str(exc) or type(exc).__name__
@@ -151,7 +153,7 @@ class Ingestor:
                             self.port, self.stats.last_error, delay)
                 await asyncio.sleep(delay)
 
-    def _accept(self, topic_name: str, payload: Any) -> None:
+    async def _accept(self, topic_name: str, payload: Any) -> None:
         if isinstance(payload, bytearray | memoryview):
             payload = bytes(payload)
         if not isinstance(payload, bytes) or not payload:
@@ -163,7 +165,9 @@ class Ingestor:
             log.warning("skipped malformed message on %s: %s", topic_name, exc)
             return
         self.stats.received += 1
-        self._queue.put_nowait(decoded)  # type: ignore[arg-type]
+        # Back-pressure, not QueueFull: while the archive is down the writer retries and
+        # this waits; meanwhile messages wait in aiomqtt's incoming queue, none is dropped.
+        await self._queue.put(decoded)  # type: ignore[arg-type]
 
     async def _write(self) -> None:
         while True:
@@ -200,4 +204,4 @@ class Ingestor:
         self.stats.duplicates += result.duplicates
         self.stats.states += result.states
         if result.gaps_opened:
-            log.info("gap(s) opened in %s", sorted({n for n, _ in result.stored_keys}))
+            log.info("gap(s) opened in %s", sorted(result.gap_nodes))

@@ -89,6 +89,7 @@ def add_subcommands(sub: Any) -> None:
     """Register serve, ingest, events, query and export on ``umbra-ground``'s subparsers."""
     from ground.cli import DEFAULT_MQTT, _node_id, parse_endpoint
     from ground.export import cmd_export
+    from ground.ingest import DEFAULT_GROUP
 
     s = sub.add_parser("serve", help="ingest telemetry and serve the operator web console",
                        description="Subscribe to every node, archive what arrives and serve the "
@@ -109,8 +110,8 @@ def add_subcommands(sub: Any) -> None:
                        "share one MQTT v5 shared subscription (mosquitto ≥ 1.6).")
     i.add_argument("--mqtt", type=parse_endpoint, default=DEFAULT_MQTT, metavar="HOST:PORT")
     _archive_arg(i)
-    i.add_argument("--shared", metavar="GROUP", nargs="?", const="umbra-ingest",
-                   help="shared-subscription group (default when given: umbra-ingest)")
+    i.add_argument("--shared", metavar="GROUP", nargs="?", const=DEFAULT_GROUP,
+                   help=f"shared-subscription group (default when given: {DEFAULT_GROUP})")
     i.add_argument("--workers", type=int, default=1, metavar="N", help="workers in this process")
     i.set_defaults(func=cmd_ingest)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 
+from ground.jsonsafe import jsonable
 from node.bus.payloads import (
     Event,
     Housekeeping,
@@ -186,18 +187,6 @@ def format_item(item: Received) -> str:
     return f"{item.node_id}  state  {state}" + (f" ({extras})" if extras else "") + retained
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/inf
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
 def format_json(item: Received) -> str:
     """One JSON object per line: topic, node, leaf, retained, payload fields."""
     record = {
@@ -205,7 +194,7 @@ def format_json(item: Received) -> str:
         "node": item.node_id,
         "leaf": item.payload.LEAF.value,
         "retained": item.retained,
-        "payload": _jsonable(dataclasses.asdict(item.payload)),
+        "payload": jsonable(dataclasses.asdict(item.payload)),
     }
     return json.dumps(record, separators=(",", ":"), allow_nan=False)
 

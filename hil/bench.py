@@ -8,6 +8,7 @@ files (TOML) describing real boards come with the harness issue.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,20 @@ from hil.procs import ManagedProcess
 
 BOARD_READY = r"umbra-board: .* on "
 NODE_READY = r"umbra-node: .* on "
+
+
+def board_command(python: str, link: str, hil: str, *, gpus: int, rate_hz: float, speed: float,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """``umbra-board`` argv for a simulated board on ``link`` with its HIL port on ``hil``."""
+    return [python, "-m", "firmware_sim.cli", "--link", link, "--hil", hil, "--gpus", str(gpus),
+            "--rate", str(rate_hz), "--speed", str(speed), *extra]
+
+
+def node_command(python: str, link: str, mqtt: str, node_id: str, data_dir: Path, hk_rate_hz: float,
+                 extra: Sequence[str] = ()) -> list[str]:
+    """``umbra-node`` argv for a node on serial ``link`` talking to the broker at ``mqtt``."""
+    return [python, "-m", "node.cli", "--serial", link, "--mqtt", mqtt, "--node-id", node_id,
+            "--data-dir", str(data_dir), "--hk-rate", str(hk_rate_hz), *extra]
 
 
 @dataclass
@@ -49,28 +64,13 @@ class LocalBench:
         return self.workdir / "logs"
 
     def board_argv(self) -> list[str]:
-        argv = [
-            self.python, "-m", "firmware_sim.cli",
-            "--link", str(self.link_path),
-            "--hil", str(self.hil_path),
-            "--gpus", str(self.gpus),
-            "--rate", str(self.rate_hz),
-            "--speed", str(self.speed),
-        ]
-        if self.demand_w is not None:
-            argv += ["--demand", str(self.demand_w)]
-        return argv + list(self.board_args)
+        demand = ["--demand", str(self.demand_w)] if self.demand_w is not None else []
+        return board_command(self.python, str(self.link_path), str(self.hil_path), gpus=self.gpus,
+                             rate_hz=self.rate_hz, speed=self.speed, extra=[*demand, *self.board_args])
 
     def node_argv(self) -> list[str]:
-        return [
-            self.python, "-m", "node.cli",
-            "--serial", str(self.link_path),
-            "--mqtt", f"{self.mqtt_host}:{self.mqtt_port}",
-            "--node-id", self.node_id,
-            "--data-dir", str(self.workdir / "node-data"),
-            "--hk-rate", str(self.hk_rate_hz),
-            *self.node_args,
-        ]
+        return node_command(self.python, str(self.link_path), f"{self.mqtt_host}:{self.mqtt_port}", self.node_id,
+                            self.workdir / "node-data", self.hk_rate_hz, self.node_args)
 
     def start_board(self, timeout: float = 30.0) -> ManagedProcess:
         if self.board is None:

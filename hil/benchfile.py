@@ -50,14 +50,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from hil.bench import BOARD_READY, NODE_READY
+from hil.bench import BOARD_READY, NODE_READY, board_command, node_command
 from hil.broker import EmbeddedBroker, Mosquitto, find_mosquitto, free_port
 from hil.procs import ManagedProcess
+from hil.scenario import config_error as _err
 from node.errors import ConfigError, LinkError
-
-
-def _err(source: str, key: str, text: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: {text}", key=key, source=source)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +176,11 @@ def parse_bench(data: dict[str, Any], source: str = "bench") -> BenchSpec:
     node = NodeSpec(start=bool(n.get("start", True)), node_id=str(n.get("node_id", "hil-node")),
                     config=str(n.get("config", "")), hk_rate_hz=float(hk),
                     args=tuple(str(a) for a in n.get("args", [])))
+    if broker.username and node.config and node.start:
+        # The harness hands the node its broker credentials in a config file of its own;
+        # with a node config given, they belong in that file's [mqtt] table instead.
+        raise _err(source, "broker.username", "with node.config set, put username and password in "
+                   "that file's [mqtt] table")
 
     g = table("ground", {"archive"})
     ground = GroundSpec(archive=str(g.get("archive", "archive.sqlite")))
@@ -285,15 +287,13 @@ class BenchRun:
 
     def board_argv(self) -> list[str]:
         p, t = self.params, self.spec.time
-        argv = [self.python, "-m", "firmware_sim.cli", "--link", self.link_port, "--hil", self.hil_port,
-                "--gpus", str(p.gpus), "--rate", str(p.rate_hz), "--orbit", p.orbit,
-                "--seed", str(p.seed), "--speed", str(t.speed),
-                "--lockstep-timeout", str(t.lockstep_timeout_s)]
+        extra = ["--orbit", p.orbit, "--seed", str(p.seed), "--lockstep-timeout", str(t.lockstep_timeout_s)]
         if t.lockstep:
-            argv.append("--lockstep")
+            extra.append("--lockstep")
         for k, v in (*self.spec.board.plant, *p.plant):
-            argv += ["--set", f"{k}={v:g}"]
-        return argv + list(self.spec.board.args)
+            extra += ["--set", f"{k}={v:g}"]
+        return board_command(self.python, self.link_port, self.hil_port, gpus=p.gpus, rate_hz=p.rate_hz,
+                             speed=t.speed, extra=[*extra, *self.spec.board.args])
 
     async def start_board(self) -> None:
         if self.spec.board.kind != "sim":
@@ -306,28 +306,24 @@ class BenchRun:
 
     def node_argv(self) -> list[str]:
         n = self.spec.node
-        argv = [self.python, "-m", "node.cli", "--serial", self.link_port,
-                "--mqtt", f"{self.mqtt_host}:{self.mqtt_port}", "--node-id", n.node_id,
-                "--data-dir", str(self.workdir / "node-data"), "--hk-rate", str(n.hk_rate_hz),
-                "--policy", self.params.policy]
+        extra = ["--policy", self.params.policy]
         if n.config:
-            argv += ["--config", n.config]
+            extra += ["--config", n.config]
         if self.key_file is not None:
-            argv += ["--tc-key-file", str(self.key_file)]
-        return argv + list(n.args)
+            extra += ["--tc-key-file", str(self.key_file)]
+        return node_command(self.python, self.link_port, f"{self.mqtt_host}:{self.mqtt_port}", n.node_id,
+                            self.workdir / "node-data", n.hk_rate_hz, [*extra, *n.args])
 
     async def start_node(self) -> None:
         if not self.spec.node.start:
             return
         if self.node is None:
-            env: dict[str, str] = {}
             if self.spec.broker.username:  # credentials go in the node's config, not argv
                 cfg = self.workdir / "node-mqtt.toml"
                 cfg.write_text(f'[mqtt]\nusername = "{self.spec.broker.username}"\n'
                                f'password = "{self.spec.broker.password}"\n')
-                if not self.spec.node.config:
-                    self.spec = replace(self.spec, node=replace(self.spec.node, config=str(cfg)))
-            self.node = ManagedProcess(self.node_argv(), name="node", log_dir=self.log_dir, env=env)
+                self.spec = replace(self.spec, node=replace(self.spec.node, config=str(cfg)))
+            self.node = ManagedProcess(self.node_argv(), name="node", log_dir=self.log_dir)
         since = self.node.mark()
         self.node.start()
         self.node_starts += 1

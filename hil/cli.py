@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from firmware_sim.config import ORBITS
 from node.cli import parse_hostport
 
 EXIT_USAGE = 2
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", type=parse_hostport, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                       help="serve the operator console here (default 127.0.0.1:8080; a free port if taken)")
     demo.add_argument("--no-console", action="store_true", help="status line only, no web console")
-    demo.add_argument("--orbit", default="beta0", choices=["beta0", "sso-dawn-dusk", "sso-eclipse-season"],
+    demo.add_argument("--orbit", default="beta0", choices=tuple(ORBITS),
                       help="orbit of the simulated board (default beta0: 35.6-min eclipse every 95.5 min)")
     add_harness_commands(sub)
     return p

@@ -13,13 +13,11 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-import serial
-import serial_asyncio_fast
-
 from node.errors import LinkError
 from node.link.channel import Acknowledged, Delivered, GaveUp, ReliableChannel
 from node.link.codec import FrameDecoder
 from node.link.messages import AckStatus, Hello, HelloAck, HilGet, HilSet, HilValue
+from node.link.serial_board import open_serial
 
 HilScalarOrArray = float | tuple[float, ...]
 
@@ -37,19 +35,7 @@ class HilClient:
         self._hello_ack: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Self:
-        loop = asyncio.get_running_loop()
-        client = self
-
-        class _Protocol(asyncio.Protocol):
-            def data_received(self, data: bytes) -> None:
-                client._on_bytes(data)
-
-        try:
-            self._transport, _ = await serial_asyncio_fast.create_serial_connection(
-                loop, _Protocol, self._port, baudrate=115_200
-            )
-        except (serial.SerialException, OSError) as exc:
-            raise LinkError(f"cannot open HIL port {self._port}: {exc}", endpoint=self._port) from None
+        self._transport, _ = await open_serial(self._port, self._on_bytes, what="HIL port")
         self._poller = asyncio.create_task(self._poll(), name="umbra.hil.port")
         await self._handshake()
         return self

@@ -429,7 +429,7 @@ async def run_scenario(
         for proc in (run.board, run.node):
             if proc is not None:
                 for stream in ("stdout", "stderr"):
-                    path = proc.log_path("stdout" if stream == "stdout" else "stderr")
+                    path = proc.log_path(stream)
                     if path is not None and path.exists():
                         result.logs[f"{proc.name}.{stream}"] = str(path)
         if run.mosquitto is not None and run.mosquitto.log_path.exists():

@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.config import ORBITS
 from node.errors import ConfigError
 
 #: Metrics a measurement may judge, with their unit and meaning (computed in hil/runner.py).
@@ -82,7 +83,6 @@ ACTIONS = (
     "commands.storm",   # valid signed commands mixed with malformed and unauthenticated ones
 )
 
-ORBITS = ("beta0", "sso-dawn-dusk", "sso-eclipse-season")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +171,15 @@ class Scenario:
         return {i.action for i in self.timeline if i.action}
 
 
-def _err(source: str, key: str, text: str) -> ConfigError:
+def config_error(source: str, key: str, text: str) -> ConfigError:
+    """A file's bad key, named with the file: ``source: key: text``."""
     return ConfigError(f"{source}: {key}: {text}", key=key, source=source)
+
 
 
 def _num(source: str, key: str, v: Any, lo: float = -1e12, hi: float = 1e12) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
-        raise _err(source, key, f"expected a number in [{lo:g}, {hi:g}], got {v!r}")
+        raise config_error(source, key, f"expected a number in [{lo:g}, {hi:g}], got {v!r}")
     return float(v)
 
 
@@ -189,7 +191,7 @@ def _value(source: str, key: str, v: Any) -> float | tuple[float, ...]:
 
 def _sets(source: str, key: str, table: Any) -> tuple[tuple[str, float | tuple[float, ...]], ...]:
     if not isinstance(table, dict):
-        raise _err(source, key, "expected a table of HIL name = value")
+        raise config_error(source, key, "expected a table of HIL name = value")
     return tuple((str(k), _value(source, f"{key}.{k}", v)) for k, v in table.items())
 
 
@@ -201,25 +203,25 @@ def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenari
     source = source or name
     unknown = set(data) - _TOP
     if unknown:
-        raise _err(source, sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_TOP))})")
+        raise config_error(source, sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_TOP))})")
     if "title" not in data:
-        raise _err(source, "title", "missing")
+        raise config_error(source, "title", "missing")
     orbit = data.get("orbit", "beta0")
     if orbit not in ORBITS:
-        raise _err(source, "orbit", f"{orbit!r} is not one of {', '.join(ORBITS)}")
+        raise config_error(source, "orbit", f"{orbit!r} is not one of {', '.join(ORBITS)}")
     if ("orbits" in data) == ("seconds" in data):
-        raise _err(source, "orbits", "give exactly one of orbits or seconds")
+        raise config_error(source, "orbits", "give exactly one of orbits or seconds")
     timeline = []
     for i, entry in enumerate(data.get("at", [])):
         key = f"at[{i}]"
         extra = set(entry) - {"t_s", "orbit", "set", "action", "wait_s"}
         if extra:
-            raise _err(source, f"{key}.{sorted(extra)[0]}", "unknown key")
+            raise config_error(source, f"{key}.{sorted(extra)[0]}", "unknown key")
         if ("t_s" in entry) == ("orbit" in entry):
-            raise _err(source, key, "give exactly one of t_s or orbit")
+            raise config_error(source, key, "give exactly one of t_s or orbit")
         action = entry.get("action")
         if action is not None and action not in ACTIONS:
-            raise _err(source, f"{key}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+            raise config_error(source, f"{key}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
         timeline.append(Injection(
             t_s=_num(source, f"{key}.t_s", entry["t_s"], 0, 1e9) if "t_s" in entry else None,
             orbit=_num(source, f"{key}.orbit", entry["orbit"], 0, 1e4) if "orbit" in entry else None,
@@ -232,10 +234,10 @@ def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenari
         key = f"measure[{i}]"
         extra = set(m) - {"metric", "min", "max", "unit", "why", "compare"}
         if extra:
-            raise _err(source, f"{key}.{sorted(extra)[0]}", "unknown key")
+            raise config_error(source, f"{key}.{sorted(extra)[0]}", "unknown key")
         metric = m.get("metric")
         if metric not in METRICS:
-            raise _err(source, f"{key}.metric", f"{metric!r} is not one of {', '.join(METRICS)}")
+            raise config_error(source, f"{key}.metric", f"{metric!r} is not one of {', '.join(METRICS)}")
         measures.append(Measurement(
             metric=metric,
             min=_num(source, f"{key}.min", m["min"]) if "min" in m else None,
@@ -247,7 +249,7 @@ def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenari
     needs = tuple(str(n) for n in data.get("needs", []))
     for n in needs:
         if n not in ("ground", "keys", "persistent-broker"):
-            raise _err(source, "needs", f"{n!r} is not ground, keys or persistent-broker")
+            raise config_error(source, "needs", f"{n!r} is not ground, keys or persistent-broker")
     plant = tuple((str(k), _num(source, f"plant.{k}", v)) for k, v in data.get("plant", {}).items())
     return Scenario(
         name=name,

@@ -32,7 +32,7 @@ from node.fdir import Action, Change, Fdir, Level
 from node.jobs.manager import ESTIMATOR_PRIOR, Foresight, SimJobManager
 from node.jobs.store import AsyncCheckpointStore
 from node.link.messages import AckStatus, Sensor, SensorFlag
-from node.modes import ModeMachine, Transition, Trigger
+from node.modes import ENTRY_ACTIONS, ModeMachine, Transition, Trigger
 
 log = logging.getLogger("umbra.node.control")
 
@@ -163,9 +163,7 @@ class NodeController:
 
     def set_gpu_cap_limit(self, gpu: int, max_w: float | None) -> None:
         """Ground's upper limit on one GPU's cap (None lifts it); the controller stays below."""
-        info = self._require_board()
-        if not 0 <= gpu < info.gpu_count:
-            raise CommandRejected(f"no GPU {gpu} (board has {info.gpu_count})", code=Reason.OUT_OF_RANGE)
+        info = self._require_gpu(gpu)
         if max_w is None:
             self._cap_limits.pop(gpu, None)
         elif not info.cap_min_w <= max_w <= info.cap_max_w:
@@ -178,9 +176,7 @@ class NodeController:
         self._sent[:] = np.nan
 
     def set_rail(self, gpu: int, on: bool) -> None:
-        info = self._require_board()
-        if not 0 <= gpu < info.gpu_count:
-            raise CommandRejected(f"no GPU {gpu} (board has {info.gpu_count})", code=Reason.OUT_OF_RANGE)
+        self._require_gpu(gpu)
         try:
             self._board.set_rail(gpu, on)
         except LinkError as exc:
@@ -289,6 +285,12 @@ class NodeController:
             raise CommandRejected("the board link is down", code=Reason.LINK_DOWN)
         return self._info
 
+    def _require_gpu(self, gpu: int) -> BoardInfo:
+        info = self._require_board()
+        if not 0 <= gpu < info.gpu_count:
+            raise CommandRejected(f"no GPU {gpu} (board has {info.gpu_count})", code=Reason.OUT_OF_RANGE)
+        return info
+
     # --- telemetry --------------------------------------------------------------------------
 
     def _t_board(self) -> float:
@@ -352,8 +354,8 @@ class NodeController:
             self._announce(transition)
 
     def _announce(self, t: Transition) -> None:
-        if t.after is Mode.SAFE:
-            self._jobs.request(None, "SAFE entered")  # ENTRY_ACTIONS: checkpoint_all
+        if "checkpoint_all" in ENTRY_ACTIONS[t.after]:
+            self._jobs.request(None, f"{t.after.value} entered")
         severity = Severity.WARNING if t.after is Mode.SAFE else Severity.INFO
         self._event(
             "mode",
@@ -381,7 +383,6 @@ class NodeController:
         self._info = info
         n = info.gpu_count
         self._cap_limits = {g: c for g, c in self._cap_limits.items() if g < n}
-        self._temps = np.zeros(n)
         self._caps = np.zeros(n)
         self._sent = np.full(n, np.nan)  # NaN: nothing sent this session, so the next step sends
         self._limits = np.full(n, np.inf)
@@ -472,7 +473,7 @@ class NodeController:
         self.stepped.set()
 
     def _run_fdir(self, sensor: Sensor, flags: np.ndarray, info: BoardInfo) -> None:
-        xid = np.asarray(getattr(sensor, "xid", ()) or np.zeros(info.gpu_count), dtype=float)
+        xid = np.asarray(sensor.xid or np.zeros(info.gpu_count), dtype=float)  # (): not reported
         new_xid = np.nan_to_num(xid - self._xid_seen, nan=0.0)  # the first frame is no news
         self._xid_seen = xid
         changes = self._fdir.evaluate(

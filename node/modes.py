@@ -62,10 +62,11 @@ TRANSITIONS: dict[tuple[Mode, Trigger], Mode] = {
     **{(Mode.SAFE, trigger): Mode.SAFE for trigger in _BY_CONSTRAINT},
 }
 
-#: Actions the controller runs on entering a mode (names; the controller maps them).
+#: Actions the controller runs once on entering a mode.  (SAFE's minimum caps are not an
+#: entry action: the controller holds them on every frame while in SAFE.)
 ENTRY_ACTIONS: dict[Mode, tuple[str, ...]] = {
-    Mode.SAFE: ("caps_to_minimum", "checkpoint_all"),
-    Mode.POWER_SAVE: ("announce_budget",),
+    Mode.SAFE: ("checkpoint_all",),
+    Mode.POWER_SAVE: (),
     Mode.THERMAL_LIMIT: (),
     Mode.NOMINAL: (),
     Mode.BOOT: (),

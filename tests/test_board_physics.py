@@ -306,6 +306,11 @@ def test_cli_reads_orbit_toml_set_and_timeline(tmp_path: os.PathLike[str]) -> No
     assert cfg.speed == 30.0 and cfg.orbit == "sso-eclipse-season" and cfg.gpus == 4
     assert space.sink_c == -70.0 and space.battery_wh_per_gpu == 500.0 and space.beta_deg == 58.9
     assert cfg.timeline == ((100.0, "fault.pump", 1.0),)
+    # A flag given at its default value still wins over the file.
+    toml.write_text("[board]\ngpus = 4\nspeed = 30.0\n")
+    args = build_parser().parse_args(["--link", "x", "--config", str(toml), "--gpus", "8", "--speed", "1"])
+    cfg = config_from_args(args)
+    assert cfg.gpus == 8 and cfg.speed == 1.0 and cfg.rate_hz == 10.0
     args = build_parser().parse_args(["--link", "x", "--orbit", "beta0", "--set", "nope=1"])
     with pytest.raises(ConfigError):
         config_from_args(args)

@@ -275,3 +275,19 @@ async def test_low_battery_is_a_critical_fault_until_it_recovers(rig):
     for i in range(6):
         await feed(board, node, SensorReading(low(2.0 + 0.1 * i, 0.8), 0.0))
     assert node.mode is not Mode.SAFE
+
+
+async def test_a_new_xid_cycles_the_gpu_rail_and_old_counts_are_no_news(rig):
+    from dataclasses import replace
+
+    from node.link.messages import SetRail
+
+    board, pub, node = rig
+    await feed(board, node, LinkUp(INFO))
+    await feed(board, node, SensorReading(replace(sensor(1.0, (50.0, 50.0)), xid=(3, 5)), 0.0))
+    await feed(board, node, SensorReading(replace(sensor(1.1, (50.0, 50.0)), xid=(3, 5)), 0.0))
+    assert not [m for m in board.sent if isinstance(m, SetRail)]  # counts from before link-up
+    await feed(board, node, SensorReading(replace(sensor(1.2, (50.0, 50.0)), xid=(3, 6)), 0.0))
+    assert [m for m in board.sent if isinstance(m, SetRail)] == [SetRail(gpu=1, on=False)]
+    xid = [e for e in pub.events("limit") if e.data["monitor"] == "gpu_xid"]
+    assert xid and xid[-1].data["index"] == 1 and xid[-1].data["action"] == "rail_cycle"

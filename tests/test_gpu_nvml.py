@@ -383,3 +383,122 @@ def test_check_script_reads_and_only_writes_when_told(capsys) -> None:
     out = capsys.readouterr().out
     assert '"cap_w": 350.0' in out and "power limit set to 350.0 W" in out
     assert check.main(["--fake", "--gpus", "7"]) == 1
+
+
+# --- per-frame cost, Xid counters, platform hooks ------------------------------------------------
+
+
+class CountingNvml:
+    """FakeNvml counting the per-device NVML reads the backend makes."""
+
+    def __init__(self, nvml: FakeNvml) -> None:
+        self._nvml = nvml
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._nvml, name)
+        if name.startswith("nvmlDeviceGet") and callable(value):
+            def counted(*args: object) -> object:
+                self.calls.append(name)
+                return value(*args)
+            return counted
+        return value
+
+
+def test_frame_reads_only_what_control_needs_and_carries_the_detail() -> None:
+    nvml = CountingNvml(FakeNvml(gpus=1))
+    devices = NvmlDevices(nvml)  # type: ignore[arg-type]
+    nvml.calls.clear()
+    first = devices.snapshot(1.0, detail=False)  # no detail read yet: a full one
+    assert first.gpus[0].sm_clock_mhz == 1980 and len(nvml.calls) > 4
+    nvml._nvml.gpus[0].cap_w = 400.0
+    nvml.calls.clear()
+    fast = devices.snapshot(2.0, detail=False)
+    assert sorted(nvml.calls) == sorted([
+        "nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+    ])
+    g = fast.gpus[0]
+    assert g.cap_w == 400.0 and g.sm_clock_mhz == 1980 and g.persistence_mode == 1  # detail carried
+    nvml.calls.clear()
+    devices.snapshot(3.0)  # umbra-gpucheck's full read
+    assert "nvmlDeviceGetTotalEccErrors" in nvml.calls
+    devices.close()
+
+
+async def test_board_reads_detail_at_the_slow_rate() -> None:
+    nvml = CountingNvml(FakeNvml(gpus=2))
+    serial = FakeBoard()
+    clock = Clock()
+    board = NvmlBoard(nvml=nvml, platform=BoardPlatform(serial), clock=clock, detail_s=10.0)  # type: ignore[arg-type]
+    async with board:
+        await serial.events.put(LinkUp(SERIAL_INFO))
+        await next_of(board, LinkUp)
+        ecc_reads = []
+        for t in (1.0, 2.0, 3.0, 11.0):
+            clock.t = t
+            nvml.calls.clear()
+            await serial.events.put(platform_frame(t))
+            await next_of(board, SensorReading)
+            ecc_reads.append(nvml.calls.count("nvmlDeviceGetTotalEccErrors"))
+            assert board.snapshot is not None and board.snapshot.gpus[1].ecc_uncorrected == 0
+    assert ecc_reads == [6, 0, 0, 6]  # three counters per GPU, every 10 s
+
+
+async def test_nvml_xids_reach_the_sensor_frame_as_counters(rig) -> None:
+    serial, nvml, board, _ = rig
+    await serial.events.put(platform_frame(1.0))
+    assert (await next_of(board, SensorReading)).sensor.xid == (0, 0)
+    nvml.inject_xid(1, 13)
+    nvml.inject_xid(1, 31)
+    await serial.events.put(platform_frame(2.0))
+    assert (await next_of(board, SensorReading)).sensor.xid == (0, 2)
+    nvml.inject_xid(0, 48)  # a double-bit ECC: counted once
+    await serial.events.put(platform_frame(3.0))
+    assert (await next_of(board, SensorReading)).sensor.xid == (1, 2)
+
+
+async def test_an_nvml_xid_makes_the_controller_cycle_the_rail() -> None:
+    from node.config import NodeConfig
+    from node.controller import NodeController
+
+    class Sink:
+        def __init__(self) -> None:
+            self.items: list[object] = []
+
+        def publish(self, payload: object) -> None:
+            self.items.append(payload)
+
+    nvml = FakeNvml(gpus=2)
+    serial = FakeBoard()
+    board = NvmlBoard(nvml=nvml, platform=BoardPlatform(serial))
+    sink = Sink()
+    async with board, NodeController(config=NodeConfig.from_mapping({}), board=board, publisher=sink) as node:
+        await serial.events.put(LinkUp(SERIAL_INFO))
+        await serial.events.put(platform_frame(1.0))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if node.steps:
+                break
+        nvml.inject_xid(1, 13)
+        await serial.events.put(platform_frame(1.1))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if SetRail(gpu=1, on=False) in serial.sent:
+                break
+    assert SetRail(gpu=1, on=False) in serial.sent
+    limits = [e for e in sink.items if getattr(e, "kind", None) == "limit"]
+    assert any(e.data["monitor"] == "gpu_xid" and e.data["index"] == 1 for e in limits)  # type: ignore[attr-defined]
+
+
+async def test_fixed_profile_has_no_board_to_reset_or_hold() -> None:
+    from node.errors import CommandRejected, Reason
+
+    config = GpuConfig(backend="nvml", sample_rate_hz=50.0)
+    async with NvmlBoard(nvml=FakeNvml(gpus=1), platform=FixedPlatform(PlatformProfile(), rate_hz=50.0),
+                         config=config) as board:
+        await next_of(board, LinkUp)
+        board.step_done(1.0)  # nothing to hold: a no-op
+        with pytest.raises(CommandRejected) as err:
+            board.reset_board()
+        assert err.value.code == Reason.UNSUPPORTED

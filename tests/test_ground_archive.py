@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ground.archive import Archive
 from node.bus.payloads import Event, Housekeeping, NodeState, TcReport
@@ -135,3 +136,81 @@ def test_a_writer_killed_mid_write_loses_nothing_committed(tmp_path: Path) -> No
         assert a.gaps("crash") == []
         assert len(a.hk("crash")) == count
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def bulk_hk(path: Path, node: str, count: int, *, utc0: float = 1_700_000_000.0,
+            dt: float = 0.01) -> None:
+    """``count`` hk rows written straight into the table: fast enough for 100k+ rows."""
+    with Archive(path):
+        pass  # the schema
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO hk (node, seq, utc, t_board, mode, link_up, temp_c, power_w, cap_w, progress,"
+        " solar_w, battery_soc, radiator_c, board_flags, control_us)"
+        " VALUES (?, ?, ?, 0, 'NOMINAL', 1, '[50.0]', '[1.0]', '[700.0]', '[0.0]', 0, ?, 0, 0, 0)",
+        ((node, s, utc0 + s * dt, s / count) for s in range(1, count + 1)))
+    conn.commit()
+    conn.close()
+
+
+def test_reads_return_every_row_past_the_old_100k_cap(tmp_path: Path) -> None:
+    from ground.export import hk_rows
+
+    path = tmp_path / "a.sqlite"
+    n = 100_003
+    bulk_hk(path, "big", n)
+    with Archive(path) as a:
+        rows = a.query("battery_soc", "big")
+        assert len(rows) == n and rows[-1][1] == n  # the newest too, not only the oldest 100k
+        _, flat = hk_rows(a, "big", None, None)
+        assert len(flat) == n and flat[-1]["seq"] == n and flat[-1]["link_up"] is True
+
+
+def test_paged_reads_keep_order_across_equal_times(tmp_path: Path, monkeypatch: Any) -> None:
+    import ground.archive
+
+    monkeypatch.setattr(ground.archive, "HK_PAGE", 4)
+    with Archive(tmp_path / "a.sqlite") as a:
+        # Several packets share a utc, straddling page boundaries.
+        a.store([hk("n1", s, utc=1_700_000_000.0 + s // 3) for s in range(1, 31)])
+        assert [r["seq"] for r in a.hk("n1")] == list(range(1, 31))
+        assert [s for _, s, _ in a.query("temp_c[1]", "n1", since=1_700_000_003.0,
+                                         until=1_700_000_005.0)] == list(range(9, 18))
+        latest = a.latest_hk("n1")
+        assert latest is not None and latest["link_up"] is True and latest["temp_c"] == [60.0, 61.0]
+
+
+def test_commands_group_reports_per_command(tmp_path: Path) -> None:
+    from node.bus.payloads import Telecommand
+
+    def report(node: str, seq: int, cid: str, stage: str) -> TcReport:
+        return TcReport(node_id=node, seq=seq, utc=float(seq), id=cid, counter=1, name="ping", stage=stage)
+
+    with Archive(tmp_path / "a.sqlite") as a:
+        # (n1, c2) is in both IN lists but is no command: its report must not be attached.
+        a.store([report("n1", 1, "c1", "accepted"), report("n1", 2, "c2", "failed"),
+                 report("n2", 1, "c2", "accepted"), report("n1", 3, "c1", "completed")])
+        for node, cid in (("n1", "c1"), ("n2", "c2"), ("n2", "c3")):
+            a.record_command(Telecommand(node_id=node, id=cid, counter=1, name="ping", args={},
+                                         expires=9e9), "alice")
+        got = {(c["node"], c["id"]): [s["stage"] for s in c["stages"]] for c in a.commands()}
+        assert got == {("n1", "c1"): ["accepted", "completed"], ("n2", "c2"): ["accepted"],
+                       ("n2", "c3"): []}
+        (c1,) = a.commands("n1")
+        assert set(c1["stages"][0]) == {"stage", "code", "reason", "at", "text", "data", "utc",
+                                        "duplicate"}
+
+
+def test_alarms_by_node_and_gap_nodes(tmp_path: Path) -> None:
+    with Archive(tmp_path / "a.sqlite") as a:
+        a.store([hk("n1", 1, temp=88.0), hk("n2", 1, temp=88.0)])
+        assert {x["node"] for x in a.alarms("n2")} == {"n2"} and len(a.alarms()) == 4
+        result = a.store([hk("n1", 5), hk("n2", 2)])
+        assert result.gaps_opened == 1 and result.gap_nodes == {"n1"}
+
+
+def test_json_sanitiser() -> None:
+    from ground.jsonsafe import dumps
+
+    value = {1: float("nan"), "b": b"\x01", "t": (1.0, float("inf"), [float("-inf")])}
+    assert dumps(value) == '{"1":null,"b":"01","t":[1.0,null,[null]]}'

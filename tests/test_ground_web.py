@@ -129,3 +129,42 @@ async def test_console_api_with_roles(console: Console, embedded_broker: Embedde
     finally:
         await demo.close()
         await viewer.close()
+
+
+def test_unknown_user_costs_one_scrypt_like_a_known_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from ground.web.auth import User
+
+    sessions = Sessions({"alice": User("alice", Role.VIEWER, hash_password("pw"))})
+    calls = 0
+    real = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    assert sessions.login("eve", "pw") is None
+    assert calls == 1
+    assert sessions.login("alice", "pw") is not None and calls == 2
+
+
+def test_console_chart_is_thinned_over_the_whole_window(tmp_path: Path) -> None:
+    from test_ground_archive import bulk_hk
+
+    from ground.web.app import MAX_POINTS
+
+    path = tmp_path / "a.sqlite"
+    n = 100_003  # more than the old 100k read cap, all inside a one-hour window
+    bulk_hk(path, "big", n, dt=0.01)
+    console = Console(ConsoleConfig(archive=str(path), http_port=0))
+    try:
+        data = console._hk("big", 3600.0)
+    finally:
+        console.archive.close()
+    seqs, utcs = data["series"]["seq"], data["series"]["utc"]
+    assert 100 < len(seqs) <= MAX_POINTS + 1 and utcs == sorted(utcs)
+    assert seqs[-1] == n and seqs[0] < n // 100  # newest and oldest ends of the window
+    assert data["latest"]["seq"] == n and data["latest"]["link_up"] is True

@@ -100,3 +100,10 @@ def test_telemetry_after_a_board_reset_lands_at_the_right_run_time():
     assert collector._run_t(549.0) == 449.0  # sent before the reset, delivered after it
     assert collector._run_t(3.0) == 453.0  # the new clock
     assert collector._run_t(60.0) == 510.0
+
+
+def test_broker_credentials_and_a_node_config_are_not_silently_split():
+    with pytest.raises(ConfigError) as err:
+        parse_bench({"broker": {"kind": "external", "port": 1883, "username": "u", "password": "p"},
+                     "node": {"config": "node.toml"}}, "b")
+    assert err.value.key == "broker.username" and "[mqtt]" in str(err.value)

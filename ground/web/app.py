@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from aiohttp import web
 
 from ground.archive import Archive
 from ground.ingest import Ingestor
+from ground.jsonsafe import dumps
 from ground.limits import describe as describe_limits
 from ground.web.auth import Sessions, User, demo_users, load_users
 from node.bus.commands import BY_NAME, dictionary, dictionary_hash, validate
@@ -60,37 +59,8 @@ class ConsoleConfig:
     stale_after_s: float = 10.0
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _dumps(value: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        if isinstance(v, bytes):
-            return v.hex()
-        return _finite(v)
-
-    return json.dumps(clean(value), separators=(",", ":"))
-
-
 def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(text=_dumps(value), status=status, content_type="application/json")
-
-
-def _stride(rows: list[dict[str, Any]], limit: int = MAX_POINTS) -> list[dict[str, Any]]:
-    if len(rows) <= limit:
-        return rows
-    step = math.ceil(len(rows) / limit)
-    picked = rows[::step]
-    if picked[-1] is not rows[-1]:
-        picked.append(rows[-1])
-    return picked
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
 
 
 class Console:
@@ -317,7 +287,8 @@ in the green. Limits: <span id="limits"></span></p>
             c["status"] = status.get(c["name"], "v1")
         return _json({"hash": self.ground_hash, "dictionary": d, "limits": describe_limits()})
 
-    def _fleet(self) -> list[dict[str, Any]]:
+    def _fleet(self) -> tuple[list[dict[str, Any]], int]:
+        """The fleet table and the count of unacknowledged alarms (one alarms query)."""
         now = time.time()
         alarms = self.archive.alarms()
         worst: dict[str, int] = {}
@@ -345,12 +316,10 @@ in the green. Limits: <span id="limits"></span></p>
                 "boot_id": n["boot_id"],
                 "version": n["version"],
             })
-        return out
+        return out, sum(1 for a in alarms if a["acked_at"] is None)
 
     async def api_fleet(self, request: web.Request) -> web.Response:
-        fleet = await asyncio.to_thread(self._fleet)
-        alarms = await asyncio.to_thread(self.archive.alarms)
-        unacked = sum(1 for a in alarms if a["acked_at"] is None)
+        fleet, unacked = await asyncio.to_thread(self._fleet)
         return _json({"ground_hash": self.ground_hash, "nodes": fleet, "unacked_alarms": unacked,
                       "now": time.time()})
 
@@ -362,9 +331,10 @@ in the green. Limits: <span id="limits"></span></p>
         end = max(now, latest["utc"]) if latest else now
         if latest and latest["utc"] < now - window:
             end = latest["utc"]
-        # Packets from before the node's first sensor frame carry placeholders: not plotted.
-        rows = _stride([r for r in self.archive.hk(node, end - window, end + 1) if r["temp_c"]])
-        alarms = [a for a in self.archive.alarms() if a["node"] == node]
+        # Thinned in SQL over the whole window (newest included); polled every second, so
+        # the window's rows are never all read and decoded here.
+        rows = self.archive.hk_thinned(node, end - window, end + 1, MAX_POINTS)
+        alarms = self.archive.alarms(node)
         return {
             "node": node, "info": info, "latest": latest, "now": now, "window": window,
             "ground_hash": self.ground_hash, "limits": describe_limits(), "alarms": alarms,

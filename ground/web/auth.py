@@ -111,11 +111,13 @@ class Sessions:
         self.users = users
         self.ttl = ttl
         self._tokens: dict[str, tuple[str, float]] = {}
+        # Checked against for an unknown name: one scrypt per login attempt, as for a user.
+        self._dummy_hash = hash_password(secrets.token_hex(16))
 
     def login(self, name: str, password: str) -> str | None:
         user = self.users.get(name)
         if user is None:
-            check_password(password, hash_password("x"))  # same work either way
+            check_password(password, self._dummy_hash)  # same work either way
             return None
         if not check_password(password, user.password_hash):
             return None

@@ -306,7 +306,7 @@ def make_law(policy: str, params: ControlParams) -> Law:
         return UmbraLaw(params=params)
     if policy == "baseline":
         return BaselineLaw()
-    raise ConfigError(f"unknown policy {policy!r}: use umbra or baseline", key="control.policy")
+    raise ConfigError(f"unknown policy {policy!r}: use umbra or baseline", key="node.policy")
 
 
 def warm_up() -> None:

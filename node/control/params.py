@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from node.control.law import PARAM_SPECS, ControlParams
 from node.errors import ConfigError
+from node.jobs.store import write_atomic
 
 log = logging.getLogger("umbra.node.params")
 
@@ -39,14 +39,5 @@ def load_params(path: Path, base: ControlParams) -> ControlParams:
 def save_params(path: Path, params: ControlParams) -> None:
     changed = {name: getattr(params, name) for name in PARAM_SPECS}
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(changed, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # The checkpoint store's atomic write: one implementation of the fsync dance.
+    write_atomic(path.parent, path.name, json.dumps(changed, indent=1, sort_keys=True).encode())

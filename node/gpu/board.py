@@ -2,8 +2,9 @@
 
 ``NvmlBoard`` merges two sources into the sensor frames the controller already understands:
 
-- the GPUs, read through NVML (temperature, power, enforced limit; the rest of what NVML
-  knows goes into an :class:`~node.gpu.devices.NvmlSnapshot` for telemetry), and
+- the GPUs, read through NVML (temperature, power, enforced limit and clock-event reasons
+  every frame; the rest of what NVML knows, refreshed every ``detail_s``, goes into an
+  :class:`~node.gpu.devices.NvmlSnapshot` for telemetry), and
 - the platform (battery, solar, radiator, eclipse), from a :class:`PlatformSource`: the
   serial board when there is one, else a fixed profile.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from typing import Self, TypeVar
 
 from node.board import BoardEvent, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
 from node.errors import CommandRejected, LinkError, LocalProtocolError, Reason
+from node.gpu import nvml_api as api
 from node.gpu.config import GpuConfig
 from node.gpu.devices import NvmlDevices, NvmlSnapshot, NvmlUnavailable, PowerLimitRefused
 from node.gpu.nvml_api import NvmlLike
@@ -48,6 +51,7 @@ class NvmlBoard:
         clock: Callable[[], float] = time.monotonic,
         on_snapshot: Callable[[NvmlSnapshot], None] | None = None,
         reopen_s: float = 5.0,
+        detail_s: float = 10.0,
     ) -> None:
         self._nvml = nvml
         self._platform = platform
@@ -55,6 +59,8 @@ class NvmlBoard:
         self._clock = clock
         self._on_snapshot = on_snapshot
         self._reopen_s = reopen_s
+        self._detail_s = detail_s
+        self._detail_at = 0.0
         self._events: asyncio.Queue[BoardEvent] = asyncio.Queue()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._devices: NvmlDevices | None = None
@@ -67,6 +73,7 @@ class NvmlBoard:
         self._pending_caps: tuple[float, ...] | None = None
         self._caps_error: str | None = None
         self._rails_warned = False
+        self._xids: list[int] = []  # Xid events per GPU position since start (Sensor.xid)
         self._task_group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._counters = {
@@ -143,16 +150,10 @@ class NvmlBoard:
         self._platform.set_rail(gpu, on)
 
     def step_done(self, t_board: float) -> None:
-        # Lockstep is the serial board's business; a fixed profile has no clock to hold.
-        forward = getattr(self._platform, "step_done", None)
-        if forward is not None:
-            forward(t_board)
+        self._platform.step_done(t_board)
 
     def reset_board(self) -> None:
-        reset = getattr(self._platform, "reset_board", None)
-        if reset is None:
-            raise CommandRejected("no platform board to reset (fixed profile)", code=Reason.UNSUPPORTED)
-        reset()
+        self._platform.reset_board()
 
     def checkpoint(self, gpu: int, pause_s: float) -> None:
         # Real jobs checkpoint through the process-job protocol (node/jobs/process.py).
@@ -245,15 +246,29 @@ class NvmlBoard:
         devices = self._devices
         if devices is None or self._info is None:
             return
+        # The control frame needs four NVML calls per GPU; the detail for telemetry
+        # (clocks, ECC, persistence, field values) is not worth a dozen more every frame.
+        detail = self._clock() >= self._detail_at
+        if detail:
+            self._detail_at = self._clock() + self._detail_s
         try:
-            snap = await self._call(devices.snapshot, platform.t_board, self._caps_error)
+            snap = await self._call(
+                functools.partial(devices.snapshot, platform.t_board, self._caps_error, detail=detail)
+            )
         except NvmlUnavailable as exc:
             await self._nvml_failed(exc)
             return
         self._snapshot = snap
+        if len(self._xids) != len(snap.gpus):
+            self._xids = [0] * len(snap.gpus)
         for x in snap.xids:
             self._counters["xid_events"] += 1
             log.error("GPU %d: Xid %d (%s)", x.gpu, x.xid, x.description)
+            pos = devices.position(x.gpu)
+            # Counted into Sensor.xid so the shared FDIR gpu_xid monitor sees them.  A double-bit
+            # ECC also arrives as Xid 48, so only Xid events count, not the ECC event too.
+            if pos is not None and x.event_type == api.EVENT_XID_CRITICAL:
+                self._xids[pos] += 1
         rails = 0
         for pos, g in enumerate(snap.gpus):
             if g.ok:
@@ -283,6 +298,7 @@ class NvmlBoard:
             radiator_c=platform.radiator_c,
             flags=int(flags),
             rx_errors=platform.rx_errors,
+            xid=tuple(self._xids),
         )
         self._emit(SensorReading(sensor, self._clock()))
         if self._on_snapshot is not None:

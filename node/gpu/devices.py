@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from node.errors import HardwareFault
@@ -187,6 +187,7 @@ class NvmlDevices:
             raise
         self._position = {g.index: pos for pos, g in enumerate(self.gpus)}
         self._applied_mw: dict[int, int] = {}
+        self._detail: dict[int, GpuSnapshot] = {}  # NVML index → last detailed read
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -257,9 +258,21 @@ class NvmlDevices:
         except AttributeError:  # bindings older than the clock-event rename
             return self._optional(self._nvml.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
 
-    def read_gpu(self, gpu: _Static) -> GpuSnapshot:
+    def read_gpu(self, gpu: _Static, *, detail: bool = True) -> GpuSnapshot:
+        """One GPU's sample.  Without ``detail`` only what the control frame uses is read
+        (temperature, power, enforced limit, clock-event reasons); the rest is carried over
+        from this GPU's last detailed read, so the per-frame cost stays at four NVML calls."""
         n, h = self._nvml, gpu.handle
         try:
+            temp_c = float(n.nvmlDeviceGetTemperature(h, api.NVML_TEMPERATURE_GPU))
+            power_w = n.nvmlDeviceGetPowerUsage(h) / 1000
+            cap_w = n.nvmlDeviceGetEnforcedPowerLimit(h) / 1000
+            reasons = self._reasons(h) or 0
+            last = self._detail.get(gpu.index)
+            if not detail and last is not None:
+                return replace(
+                    last, temp_c=temp_c, power_w=power_w, cap_w=cap_w, clock_event_reasons=reasons
+                )
             fields = self._optional(
                 n.nvmlDeviceGetFieldValues,
                 h,
@@ -269,24 +282,23 @@ class NvmlDevices:
                 [api.field_value(fv) for fv in fields] if fields is not None else [None, None, None]
             )
             ecc = api.NVML_MEMORY_ERROR_TYPE_CORRECTED, api.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
-            power = n.nvmlDeviceGetPowerUsage(h)
-            return GpuSnapshot(
+            snap = GpuSnapshot(
                 index=gpu.index,
                 name=gpu.name,
                 uuid=gpu.uuid,
-                temp_c=float(n.nvmlDeviceGetTemperature(h, api.NVML_TEMPERATURE_GPU)),
+                temp_c=temp_c,
                 mem_temp_c=mem_temp,
-                power_w=power / 1000,
+                power_w=power_w,
                 power_instant_w=None if p_inst is None else p_inst / 1000,
                 power_avg_w=None if p_avg is None else p_avg / 1000,
-                cap_w=n.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+                cap_w=cap_w,
                 cap_min_w=gpu.cap_min_w,
                 cap_max_w=gpu.cap_max_w,
                 cap_default_w=gpu.cap_default_w,
                 sm_clock_mhz=self._optional(n.nvmlDeviceGetClockInfo, h, api.NVML_CLOCK_SM),
                 graphics_clock_mhz=self._optional(n.nvmlDeviceGetClockInfo, h, api.NVML_CLOCK_GRAPHICS),
                 mem_clock_mhz=self._optional(n.nvmlDeviceGetClockInfo, h, api.NVML_CLOCK_MEM),
-                clock_event_reasons=self._reasons(h) or 0,
+                clock_event_reasons=reasons,
                 ecc_corrected=self._optional(n.nvmlDeviceGetTotalEccErrors, h, ecc[0], api.NVML_VOLATILE_ECC),
                 ecc_uncorrected=self._optional(n.nvmlDeviceGetTotalEccErrors, h, ecc[1], api.NVML_VOLATILE_ECC),
                 ecc_uncorrected_aggregate=self._optional(
@@ -294,10 +306,14 @@ class NvmlDevices:
                 ),
                 persistence_mode=self._optional(n.nvmlDeviceGetPersistenceMode, h),
             )
+            self._detail[gpu.index] = snap
+            return snap
         except self._err as exc:
             code = api.error_code(exc)
             if code in api.FATAL_CODES:
                 raise NvmlUnavailable(f"NVML failed reading GPU {gpu.index}: {exc}", code=code) from None
+            # A GPU that comes back gets a full read first, not detail from before it went.
+            self._detail.pop(gpu.index, None)
             # The GPU fell off the bus or needs a reset: report it, keep controlling the others.
             return GpuSnapshot(
                 index=gpu.index, name=gpu.name, uuid=gpu.uuid, ok=False, error=str(exc),
@@ -326,15 +342,20 @@ class NvmlDevices:
             events.append(XidEvent(gpu=index, xid=int(data.eventData), event_type=int(data.eventType)))
         return events
 
-    def snapshot(self, t_board: float, caps_error: str | None = None) -> NvmlSnapshot:
+    def snapshot(self, t_board: float, caps_error: str | None = None, *, detail: bool = True) -> NvmlSnapshot:
+        """Every GPU's sample and the pending events; ``detail=False``: see :meth:`read_gpu`."""
         xids = self.drain_events()
         return NvmlSnapshot(
             t_board=t_board,
             driver_version=self.driver_version,
-            gpus=tuple(self.read_gpu(g) for g in self.gpus),
+            gpus=tuple(self.read_gpu(g, detail=detail) for g in self.gpus),
             xids=tuple(xids),
             caps_error=caps_error,
         )
+
+    def position(self, index: int) -> int | None:
+        """Where the GPU of NVML ``index`` sits in the sensor frame; None if not opened."""
+        return self._position.get(index)
 
     # --- acting ---------------------------------------------------------------------------
 

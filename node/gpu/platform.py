@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from node.board import Board, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
+from node.errors import CommandRejected, Reason
 from node.gpu.config import PlatformProfile
 from node.link.messages import AckStatus, SensorFlag, SetRail
 
@@ -58,6 +59,14 @@ class PlatformSource(Protocol):
 
     def set_rail(self, gpu: int, on: bool) -> None:
         """Switch a GPU rail; the answer arrives as a CommandResult.  LinkError when down."""
+        ...
+
+    def step_done(self, t_board: float) -> None:
+        """The controller is done with the frame of ``t_board`` (lockstep); may do nothing."""
+        ...
+
+    def reset_board(self) -> None:
+        """Reset the platform board; CommandRejected(UNSUPPORTED) when there is none."""
         ...
 
     def stats(self) -> dict[str, int]: ...
@@ -174,6 +183,12 @@ class FixedPlatform:
         # Nothing here can switch a GPU's power; say so the way a board would.
         self._rails_refused += 1
         self._pending.put_nowait(CommandResult(SetRail(gpu=gpu, on=on), AckStatus.UNSUPPORTED))
+
+    def step_done(self, t_board: float) -> None:
+        pass  # lockstep is the serial board's business; wall time cannot be held
+
+    def reset_board(self) -> None:
+        raise CommandRejected("no platform board to reset (fixed profile)", code=Reason.UNSUPPORTED)
 
     def stats(self) -> dict[str, int]:
         return {"platform_rails_refused": self._rails_refused}

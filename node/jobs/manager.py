@@ -62,7 +62,7 @@ class SimJobConfig:
         ):
             value = getattr(self, name)
             if not lo <= value <= hi:
-                raise ConfigError(f"jobs.{name} = {value!r} outside [{lo}, {hi}]", key=f"jobs.{name}")
+                raise ConfigError(f"sim_jobs.{name} = {value!r} outside [{lo}, {hi}]", key=f"sim_jobs.{name}")
 
     @property
     def pause_s(self) -> float:

@@ -102,6 +102,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(directory: Path, name: str, payload: bytes) -> None:
+    """Replace ``directory/name`` with ``payload`` all or nothing: temp file, fsync, rename,
+    fsync of the directory.  For small files (manifests, the parameter table)."""
+    tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / name)
+    fsync_dir(directory)
+
+
 def _canonical(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
@@ -280,19 +294,6 @@ class CheckpointStore:
         self._next_seq[job_id] = seq + 1
         return seq
 
-    def _write_atomic_small(self, job_dir: Path, name: str, payload: bytes) -> None:
-        tmp = job_dir / f"{_TMP_PREFIX}{secrets.token_hex(6)}-{name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, job_dir / name)
-        fsync_dir(job_dir)
-
     # -- writing -------------------------------------------------------------------------
 
     def write(
@@ -456,7 +457,7 @@ class CheckpointStore:
         # duration_s covers the manifest's own fsyncs only approximately (measured just before).
         body["duration_s"] = self._timer() - started
         body["check"] = hashlib.sha256(_canonical(body)).hexdigest()
-        self._write_atomic_small(job_dir, _manifest_name(seq), _canonical(body) + b"\n")
+        write_atomic(job_dir, _manifest_name(seq), _canonical(body) + b"\n")
         # Committed.  Now the older ones beyond `keep` may go.
         self._prune(job_dir)
         return _info_from_manifest(body, job_dir)

@@ -52,10 +52,14 @@ def encode_body(message: Message, seq: int, version: int = PROTOCOL_VERSION) -> 
     return body
 
 
+def frame_from_body(body: bytes) -> bytes:
+    """Wire bytes for a msgpack body: CRC-32, COBS, delimiter (also for deliberately bad bodies)."""
+    return bytes(cobs.encode(body + zlib.crc32(body).to_bytes(4, "little"))) + DELIMITER
+
+
 def encode_frame(message: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
     """Complete wire bytes of one frame, delimiter included."""
-    body = encode_body(message, seq, version)
-    return bytes(cobs.encode(body + zlib.crc32(body).to_bytes(4, "little"))) + DELIMITER
+    return frame_from_body(encode_body(message, seq, version))
 
 
 def decode_frame(encoded: bytes) -> Frame:

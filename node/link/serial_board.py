@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import serial
 import serial_asyncio_fast
@@ -59,7 +59,9 @@ def check_port_exists(port: str) -> None:
         raise LinkError(f"serial port {port} does not exist", endpoint=port)
 
 
-class _SerialProtocol(asyncio.Protocol):
+class SerialProtocol(asyncio.Protocol):
+    """Bytes to a callback; ``lost`` is set when the port goes away."""
+
     def __init__(self, on_data: Callable[[bytes], None]) -> None:
         self._on_data = on_data
         self.lost: asyncio.Event = asyncio.Event()
@@ -71,6 +73,20 @@ class _SerialProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_reason = f"port lost: {exc}" if exc else "port closed"
         self.lost.set()
+
+
+async def open_serial(
+    port: str, on_data: Callable[[bytes], None], *, baudrate: int = 115_200, what: str = "port"
+) -> tuple[asyncio.Transport, SerialProtocol]:
+    """Open a serial device or pyserial URL (socket://…); LinkError naming it when it cannot."""
+    protocol = SerialProtocol(on_data)
+    try:
+        transport, _ = await serial_asyncio_fast.create_serial_connection(
+            asyncio.get_running_loop(), lambda: protocol, port, baudrate=baudrate
+        )
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise LinkError(f"cannot open {what} {port}: {exc}", endpoint=port) from None
+    return transport, protocol
 
 
 class SerialBoard:
@@ -171,13 +187,8 @@ class SerialBoard:
             return
         self._events.put_nowait(event)
 
-    async def _open(self) -> tuple[asyncio.Transport, _SerialProtocol]:
-        loop = asyncio.get_running_loop()
-        protocol = _SerialProtocol(self._on_bytes)
-        kwargs: dict[str, Any] = {"baudrate": self._baudrate}
-        transport, _ = await serial_asyncio_fast.create_serial_connection(
-            loop, lambda: protocol, self._port, **kwargs
-        )
+    async def _open(self) -> tuple[asyncio.Transport, SerialProtocol]:
+        transport, protocol = await open_serial(self._port, self._on_bytes, baudrate=self._baudrate)
         # Whatever the board wrote while nobody listened is stale; start from a clean line.
         port = getattr(transport, "serial", None)
         if port is not None:
@@ -190,9 +201,9 @@ class SerialBoard:
         while True:
             try:
                 transport, protocol = await self._open()
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except LinkError as exc:
                 if not announced_missing:
-                    log.warning("cannot open %s (%s); retrying every %.1f s", self._port, exc, self._config.reconnect_s)
+                    log.warning("%s; retrying every %.1f s", exc, self._config.reconnect_s)
                     announced_missing = True
                 await asyncio.sleep(self._config.reconnect_s)
                 continue
@@ -207,7 +218,7 @@ class SerialBoard:
             self._link_down(reason)
             await asyncio.sleep(self._config.reconnect_s)
 
-    async def _session(self, protocol: _SerialProtocol) -> str:
+    async def _session(self, protocol: SerialProtocol) -> str:
         """Handshake, then keep the link serviced until it fails; return why it failed."""
         self._handshake.clear()
         self._rebooted = False

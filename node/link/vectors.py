@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 from cobs import cobs
 
-from node.link.codec import DELIMITER, MAX_BODY, MAX_ENCODED, encode_frame
+from node.link.codec import DELIMITER, MAX_BODY, MAX_ENCODED, encode_frame, frame_from_body
 from node.link.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -137,11 +137,6 @@ class StreamVector:
     stats: dict[str, int]
 
 
-def _frame_from_body(body: bytes) -> bytes:
-    """Wire bytes for an arbitrary msgpack body: CRC, COBS, delimiter."""
-    return bytes(cobs.encode(body + zlib.crc32(body).to_bytes(4, "little"))) + DELIMITER
-
-
 def _padded_body(fill: int) -> bytes:
     """A heartbeat-typed body of MAX_BODY + 1 bytes: an unknown bin field padded to size."""
     empty = len(msgpack.packb([1, 0x03, 1, {"x": b""}], use_bin_type=True))
@@ -152,7 +147,7 @@ def _padded_body(fill: int) -> bytes:
 
 
 def _raw_frame(envelope: Any) -> bytes:
-    return _frame_from_body(msgpack.packb(envelope, use_bin_type=True))
+    return frame_from_body(msgpack.packb(envelope, use_bin_type=True))
 
 
 _CAPS_8 = (700.0, 700.0, 650.0, 650.0, 500.0, 500.0, 350.0, 200.0)
@@ -375,7 +370,7 @@ def _accepts() -> list[FrameVector]:
             "a float field sent as msgpack float32",
             21,
             Heartbeat(12.5),
-            _frame_from_body(float32_body),
+            frame_from_body(float32_body),
         ),
         (
             "accept_key_order",
@@ -464,16 +459,16 @@ def _rejects() -> list[RejectVector]:
         RejectVector(
             "reject_oversize_body",
             f"body of {MAX_BODY + 1} bytes, one more than MAX_BODY (valid CRC); "
-            f"its COBS form is {len(_frame_from_body(oversize_zeros)) - 1} bytes",
-            _frame_from_body(oversize_zeros),
+            f"its COBS form is {len(frame_from_body(oversize_zeros)) - 1} bytes",
+            frame_from_body(oversize_zeros),
             "oversize",
             "oversize",
         ),
         RejectVector(
             "reject_oversize_run",
             f"body of {MAX_BODY + 1} bytes with no zero byte: its COBS form is "
-            f"{len(_frame_from_body(oversize_run)) - 1} bytes, more than MAX_ENCODED",
-            _frame_from_body(oversize_run),
+            f"{len(frame_from_body(oversize_run)) - 1} bytes, more than MAX_ENCODED",
+            frame_from_body(oversize_run),
             "oversize",
             "oversize",
         ),
@@ -494,7 +489,7 @@ def _rejects() -> list[RejectVector]:
         RejectVector(
             "reject_not_msgpack",
             "body bytes are not one msgpack value (0xC1 is never used)",
-            _frame_from_body(b"\xc1\x01\x02"),
+            frame_from_body(b"\xc1\x01\x02"),
             "decode",
             "decode_errors",
         ),
