@@ -201,10 +201,13 @@ class Collector:
             self.events.append({"t_s": t, "t_board": p.t_board, "kind": p.kind,
                                 "severity": p.severity, "text": p.text, "data": dict(p.data)})
             if p.kind == "work_lost" and isinstance(p.data.get("lost"), int | float):
-                # Against the interval in force: Umbra's estimator, or the baseline's 30 min.
+                # Against the interval in force (Umbra's estimator, or the baseline's 30 min)
+                # plus the checkpoint's own time: the saved point is taken when a checkpoint
+                # begins, so at worst a fault just before the next one completes loses both
+                # (Daly's τ + δ).
                 jobs = self.last_hk.jobs if self.last_hk is not None else {}
-                interval = float(jobs.get("interval_s") or 1800.0)
-                self.max_loss_vs_interval = max(self.max_loss_vs_interval, float(p.data["lost"]) / interval)
+                at_risk = float(jobs.get("interval_s") or 1800.0) + float(jobs.get("cost_s") or 0.0)
+                self.max_loss_vs_interval = max(self.max_loss_vs_interval, float(p.data["lost"]) / at_risk)
         elif isinstance(p, TcReport):
             self.reports.append(p)
 

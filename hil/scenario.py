@@ -68,7 +68,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "bad_commands_executed": ("count", "malformed/unauthenticated commands not refused"),
     "node_alive": ("flag", "1 if the node process is running at the end"),
     "loss_vs_interval": ("1", "largest single loss (node's work_lost event) over the checkpoint interval "
-                              "in force then (1 unit = 1 s of full-power work)"),
+                              "in force then plus the checkpoint's own time (1 unit = 1 s of full-power work)"),
     "board_time_s": ("s", "board time covered by the run (truth.t_s)"),
 }
 

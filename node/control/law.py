@@ -167,6 +167,7 @@ class UmbraLaw:
         self._z = np.zeros(n)
         self._power = np.zeros(n)
         self._plate_w = np.zeros(n)
+        self._plate_step = np.zeros(n)  # scratch: this frame's move of _plate_w
         self._eclipse_started: float | None = None
         self._eclipse_s = math.nan
         self._frames = 0
@@ -179,7 +180,7 @@ class UmbraLaw:
         self._x_t[:] = guess
         self._x_b[:] = guess - self.params.r_k_per_w * p
         self._caps[:] = np.asarray(sensor.cap_w, dtype=float)
-        self._plate_w[:] = np.nan_to_num(p)
+        self._plate_w[:] = p
 
     def _eclipse_length(self, sensor: Sensor) -> float:
         sun_in = _opt(sensor, "sun_in_s")
@@ -216,7 +217,9 @@ class UmbraLaw:
         # A plate sits r_plate·P above the loop for the power it has *settled* to: P seen
         # through the plate's time constant.  Using the instantaneous power made a blind
         # GPU's plate jump with its own cap, and its cap oscillate against it.
-        self._plate_w += (np.nan_to_num(self._power) - self._plate_w) * -math.expm1(-dt / p.tau_plate_s)
+        np.subtract(self._power, self._plate_w, out=self._plate_step)  # in place: a per-frame path
+        self._plate_step *= -math.expm1(-dt / p.tau_plate_s)
+        self._plate_w += self._plate_step
         self._frames += 1
         if self._frames > WARMUP_FRAMES:  # the plate estimates settle first
             kernels.cross_check(
