@@ -37,10 +37,11 @@ def codec_encode(ctx: Context) -> Result:
         for i in range(n):
             msgpack.packb([PROTOCOL_VERSION, code, (i & _MASK) + 1, payload], use_bin_type=True)
 
+    value, baseline = ctx.paired_rates(ours, plain)
     return Result(
-        value=ctx.rate(ours),
+        value=value,
         unit="frames/s",
-        baseline=ctx.rate(plain),
+        baseline=baseline,
         notes=f"encode_frame (payload map, msgpack, CRC-32, COBS) vs msgpack.packb of "
         f"the same body; {_note(message)}",
     )
@@ -65,10 +66,11 @@ def codec_decode(ctx: Context) -> Result:
         for i in range(n):
             msgpack.unpackb(bodies[i & _MASK])
 
+    value, baseline = ctx.paired_rates(ours, plain)
     return Result(
-        value=ctx.rate(ours),
+        value=value,
         unit="frames/s",
-        baseline=ctx.rate(plain),
+        baseline=baseline,
         notes=f"FrameDecoder.feed + next_frame (COBS, CRC, msgpack, validation) vs "
         f"msgpack.unpackb of the same body; {_note(message)}",
     )

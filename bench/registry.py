@@ -106,6 +106,25 @@ class Context:
         n = n if n is not None else self.calibrate(run)
         return statistics.median(n / self.seconds(run, n) for _ in range(self.repeats))
 
+    def paired_rates(
+        self, run: Callable[[int], object], baseline: Callable[[int], object]
+    ) -> tuple[float, float]:
+        """Items per second of ``run`` and of ``baseline``, their repeats interleaved.
+
+        On a shared machine the speed drifts within seconds; alternating the two keeps
+        both under the same conditions, so their ratio is steadier than two separate
+        medians.  The baseline's figure is its median; ``run``'s is that times the median
+        of the per-pair ratios.
+        """
+        n_run, n_base = self.calibrate(run), self.calibrate(baseline)
+        pairs = []
+        for _ in range(max(self.repeats, 9) if not self.quick else self.repeats):
+            ours = n_run / self.seconds(run, n_run)
+            base = n_base / self.seconds(baseline, n_base)
+            pairs.append((ours, base))
+        base_rate = statistics.median(b for _, b in pairs)
+        return base_rate * statistics.median(o / b for o, b in pairs), base_rate
+
     def duration(self, run: Callable[[int], object], n: int | None = None) -> float:
         """Seconds per item of ``run(n)``: median over repeats."""
         return 1.0 / self.rate(run, n)

@@ -77,8 +77,13 @@ class Board:
         clock: Callable[[], float] = time.monotonic,
         utc: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
+        firmware: type[Firmware] = Firmware,
+        hil_port: type[HilPort] = HilPort,
     ) -> None:
         self.config = config
+        # The firmware and HIL logic are swappable so tests can run deliberately deviant ones.
+        self._firmware_cls = firmware
+        self._hil_port_cls = hil_port
         self.seed = config.seed if config.seed is not None else secrets.randbits(63)
         if plant is None:
             if config.model == "space":
@@ -138,7 +143,7 @@ class Board:
         self._loop = loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._anchor_wall = self._clock()
-        self._firmware = Firmware(
+        self._firmware = self._firmware_cls(
             plant=self.plant,
             wall=self._anchor_wall,
             config=cfg.firmware_config(utc_at_boot=self._utc()),
@@ -146,7 +151,7 @@ class Board:
         )
         ports: list[tuple[PtyPort, Callable[..., bytes]]] = [(self.link, self._link_receive)]
         if self.hil is not None:
-            self._hil_port = HilPort(target=self, logger=self.log.getChild("hil"))
+            self._hil_port = self._hil_port_cls(target=self, logger=self.log.getChild("hil"), wall=self._anchor_wall)
             ports.append((self.hil, self._hil_port.receive))
         try:
             for port, handler in ports:

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="wall seconds of node silence before the safe state (default 3)",
+        help="wall seconds without a frame of a session from the node before the safe state (default 1)",
     )
     p.add_argument(
         "--demand",

@@ -107,7 +107,7 @@ class FirmwareConfig:
     board_id: str = "sim-1"
     fw_version: str = FW_VERSION
     sensor_rate_hz: float = 10.0  # of board time
-    watchdog_s: float = 3.0  # of wall time without a valid frame from the node
+    watchdog_s: float = 1.0  # of wall time without a valid frame of a session from the node (ICD §4.3: ≤ 1 s recommended)
     heartbeat_s: float = 0.2  # wall time; only sent when nothing else was sent for this long (ICD: never silent > 0.25 s)
     retry_timeout_s: float = 0.25
     max_tries: int = 5
@@ -141,7 +141,7 @@ class BoardConfig:
     speed: float = 1.0  # board seconds per wall second
     seed: int | None = None  # None: fresh entropy (the board logs the seed it drew)
     board_id: str = "sim-1"
-    watchdog_s: float = 3.0
+    watchdog_s: float = 1.0  # wall seconds; ICD §4.3 recommends ≤ 1 s (the 2 s rule of a blind node)
     demand_w: float = 500.0
     poll_s: float = 0.02  # wall time between retransmit/watchdog checks
     model: str = "space"  # "space" (orbital plant) or "first-order" (the foundation's stand-in)

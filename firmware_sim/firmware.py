@@ -7,16 +7,19 @@ arguments (seconds, any monotonic origin).
 
 Behaviour (docs/ICD.md):
 
-- HELLO → HELLO_ACK with the highest protocol version both sides speak (0: none); the
-  reliable channel starts a new session.
+- HELLO → HELLO_ACK with the highest protocol version both sides speak (0: none) and the
+  features the board declares (lockstep; checkpoints when the plant keeps them); the
+  reliable channel starts a new session.  The session, its numbering and the watchdog's
+  feeding are :class:`~node.link.session.BoardSession`'s: numbered frames count only inside
+  a session of a common version, and HELLO does not feed the watchdog (ICD §4.3).
 - SET_CAPS / SET_RAIL are applied and acknowledged OK, or refused with BAD_ARGUMENT and no
   effect (wrong length, cap outside the hardware range, no such GPU).  Duplicates are
   re-acknowledged by the channel and never applied twice.  Other reliable messages are
   acknowledged UNSUPPORTED.
 - SENSOR frames are built on request (the board's clock asks at the sensor rate).
-- Watchdog: after ``watchdog_s`` of *wall* time without one valid frame from the node
-  (armed from boot), every cap drops to the minimum and SENSOR carries WATCHDOG_SAFE.  The
-  next valid frame clears the flag; the caps stay at the minimum until the node sets new
+- Watchdog: after ``watchdog_s`` of *wall* time without one valid frame of a session from
+  the node (armed from boot), every cap drops to the minimum and SENSOR carries
+  WATCHDOG_SAFE.  The next such frame clears the flag; the caps stay at the minimum until the node sets new
   ones.  Liveness uses wall time because board time may run many times faster.
 - HEARTBEAT when nothing else was sent for ``heartbeat_s`` of wall time (slow sensor rates).
 - ``rx_errors`` in SENSOR counts frames the decoder rejected (CRC, oversize, other errors).
@@ -35,13 +38,12 @@ from dataclasses import dataclass
 from firmware_sim.config import FirmwareConfig
 from firmware_sim.plant import ParamValue, Plant
 from node.errors import CommandRejected
-from node.link.channel import Delivered, ReliableChannel
-from node.link.codec import Frame, FrameDecoder
+from node.link.channel import ReliableChannel
 from node.link.messages import (
     UINT32_MAX,
     AckStatus,
+    BoardFeature,
     Checkpoint,
-    Heartbeat,
     Hello,
     HelloAck,
     Message,
@@ -53,6 +55,7 @@ from node.link.messages import (
     SetRail,
     StepDone,
 )
+from node.link.session import BoardSession
 
 #: Parameters the firmware answers itself (read-only); the rest go to the plant.
 FIRMWARE_PARAMS = ("t_board", "watchdog_safe", "rx_errors")
@@ -64,7 +67,6 @@ class FirmwareStats:
     commands_applied: int = 0
     commands_refused: int = 0  # BAD_ARGUMENT or UNSUPPORTED
     watchdog_trips: int = 0
-    heartbeats_sent: int = 0
     sensor_frames: int = 0
     stale_step_done: int = 0  # STEP_DONE for a board time not reached (sent before a reset)
 
@@ -78,6 +80,9 @@ def negotiate(hello: Hello, lo: int, hi: int) -> int:
 class Firmware:
     """Board firmware logic for one node link."""
 
+    #: The session of the main port (a test may run a deliberately deviant one).
+    session_cls: type[BoardSession] = BoardSession
+
     def __init__(
         self,
         *,
@@ -89,25 +94,20 @@ class Firmware:
         self.config = cfg = config if config is not None else FirmwareConfig()
         self.plant = plant
         self.log = logger or logging.getLogger("umbra.board.firmware")
-        self.channel = ReliableChannel(retry_timeout=cfg.retry_timeout_s, max_tries=cfg.max_tries)
-        self.decoder = FrameDecoder()
+        self.link = self.session_cls(
+            hello_ack=self._hello, wall=wall, heartbeat_s=cfg.heartbeat_s, uptime=lambda: self._t_board,
+            retry_timeout_s=cfg.retry_timeout_s, max_tries=cfg.max_tries,
+        )
         self.stats = FirmwareStats()
-        self.node_id: str | None = None
         self._t_board = 0.0
-        self._last_rx_wall = wall  # armed from boot: no node at all is silence too
-        self._last_tx_wall = wall
         self._safe = False
         self.step_done_t = -1.0
         self.reset_requested = False
 
     def reboot(self, *, wall: float) -> None:
         """Board reset: time restarts at 0, the link forgets its session, the GPUs restart."""
-        self.channel.reset()
-        self.decoder = FrameDecoder()
-        self.node_id = None
+        self.link.reboot(wall)
         self._t_board = 0.0
-        self._last_rx_wall = wall
-        self._last_tx_wall = wall
         self._safe = False
         self.step_done_t = -1.0
         self.reset_requested = False
@@ -125,9 +125,16 @@ class Firmware:
         return self._safe
 
     @property
+    def node_id(self) -> str | None:
+        return self.link.peer
+
+    @property
+    def channel(self) -> ReliableChannel:
+        return self.link.channel
+
+    @property
     def rx_errors(self) -> int:
-        s = self.decoder.stats
-        return min(s.crc_errors + s.decode_errors + s.oversize, UINT32_MAX)
+        return min(self.link.rx_errors, UINT32_MAX)
 
     # --- time -----------------------------------------------------------------------------
 
@@ -140,45 +147,29 @@ class Firmware:
     def poll(self, *, wall: float) -> bytes:
         """Retransmits, watchdog and heartbeat due at ``wall``."""
         self._check_watchdog(wall)
-        _events, frames = self.channel.poll(wall)  # the board sends nothing reliable yet
-        out = b"".join(frames)
-        if not out and wall - self._last_tx_wall >= self.config.heartbeat_s:
-            self.stats.heartbeats_sent += 1
-            out = self.channel.send(Heartbeat(uptime_s=self._t_board), wall)
-        return self._sent(out, wall)
+        self.link.poll(wall)
+        return self.link.take_output()
 
     # --- receiving ------------------------------------------------------------------------
 
     def receive(self, data: bytes, *, wall: float) -> bytes:
         """Bytes from the node in; bytes for the node out."""
-        self.decoder.feed(data)
-        out = []
-        while (frame := self.decoder.next_frame()) is not None:
-            out.append(self.handle_frame(frame, wall=wall))
-        return b"".join(out)
-
-    def handle_frame(self, frame: Frame, *, wall: float) -> bytes:
-        """One decoded frame from the node."""
-        # A silence that ran out before this frame still trips: the caps went to minimum.
+        # A silence that ran out before these bytes still trips: the caps went to minimum.
         self._check_watchdog(wall)
-        self._last_rx_wall = wall
-        if self._safe:
+        fed_before = self.link.fed_at
+        delivered = self.link.receive(data, wall)
+        if self._safe and self.link.fed_at != fed_before:
             self._safe = False
             self.log.warning("node is back; watchdog safe state cleared (caps stay at minimum)")
-        events, out = self.channel.receive(frame)
-        parts = [*out]
-        for event in events:
-            if isinstance(event, Delivered):
-                parts.append(self._deliver(event.seq, event.message))
-        return self._sent(b"".join(parts), wall)
+        for seq, message in delivered:
+            self._deliver(seq, message, wall)
+        return self.link.take_output()
 
-    def _hello(self, hello: Hello) -> bytes:
+    def _hello(self, hello: Hello) -> HelloAck:
         self.stats.hellos += 1
-        self.channel.reset()
-        self.node_id = hello.node_id
         ack = self.hello_ack(hello)
         self.log.info("HELLO from %s: version %d", hello.node_id, ack.version)
-        return self.channel.session_frame(ack)
+        return ack
 
     def hello_ack(self, hello: Hello) -> HelloAck:
         cfg = self.config
@@ -194,11 +185,15 @@ class Firmware:
             watchdog_s=float(cfg.watchdog_s),
             min_version=cfg.min_version,
             max_version=cfg.max_version,
+            features=int(self.features),
         )
 
-    def _deliver(self, seq: int, message: Message) -> bytes:
-        if isinstance(message, Hello):
-            return self._hello(message)
+    @property
+    def features(self) -> BoardFeature:
+        """What this board declares: lockstep always (the board's clock), checkpoints if the plant keeps them."""
+        return BoardFeature.LOCKSTEP | (BoardFeature.CHECKPOINTS if self.plant.keeps_checkpoints else BoardFeature(0))
+
+    def _deliver(self, seq: int, message: Message, wall: float) -> None:
         if isinstance(message, StepDone):
             # A node cannot have finished a frame this board has not sent yet: such a
             # STEP_DONE was meant for the clock before a reset, and believing it would let
@@ -207,13 +202,9 @@ class Firmware:
                 self.step_done_t = max(self.step_done_t, message.t_board)
             else:
                 self.stats.stale_step_done += 1
-            return b""
+            return
         if not message.RELIABLE:
-            return b""  # HEARTBEAT (liveness only) and messages meant for the other side
-        if seq == 0:
-            # A reliable message outside the numbering cannot be acknowledged (ack_seq ≥ 1).
-            self.log.warning("ignored %s sent as a session frame", type(message).__name__)
-            return b""
+            return  # HEARTBEAT (liveness only) and messages meant for the other side
         status: int = AckStatus.OK
         try:
             if isinstance(message, SetCaps):
@@ -237,7 +228,7 @@ class Firmware:
             self.log.info("refused %s (seq %d): %s", type(message).__name__, seq, exc)
         else:
             self.stats.commands_applied += 1
-        return self.channel.ack(seq, status)
+        self.link.ack(seq, status, wall)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -278,17 +269,13 @@ class Firmware:
             ckpt=reading.ckpt,
         )
         self.stats.sensor_frames += 1
-        return self._sent(self.channel.send(sensor, wall), wall)
-
-    def _sent(self, data: bytes, wall: float) -> bytes:
-        if data:
-            self._last_tx_wall = wall
-        return data
+        self.link.send(sensor, wall)
+        return self.link.take_output()
 
     # --- watchdog -------------------------------------------------------------------------
 
     def _check_watchdog(self, wall: float) -> None:
-        if self._safe or wall - self._last_rx_wall < self.config.watchdog_s:
+        if self._safe or wall - self.link.fed_at < self.config.watchdog_s:
             return
         lo, _hi = self.plant.cap_range_w
         self.plant.set_caps((lo,) * self.plant.gpu_count)
@@ -296,7 +283,7 @@ class Firmware:
         self.stats.watchdog_trips += 1
         self.log.warning(
             "no frame from the node for %.1f s: every cap to %g W (watchdog safe)",
-            wall - self._last_rx_wall,
+            wall - self.link.fed_at,
             lo,
         )
 

@@ -6,9 +6,11 @@ Same framing and reliable channel as the node link, on a second pseudo-terminal:
   or a bad value (the parameter keeps its old value);
 - HIL_GET name → HIL_VALUE(name, value, ref=the request's sequence number); an unknown
   name answers NaN;
-- HELLO → HELLO_ACK, as on the link, and a new session on this port.
+- HELLO → HELLO_ACK, as on the link, and a new session on this port; numbered frames
+  before it are ignored, as on the main port (the harness HELLOs first, ICD §4.2 S7).
 
-HIL traffic is not node traffic: it never feeds the link watchdog.
+HIL traffic is not node traffic: it never feeds the link watchdog, and this port sends
+no HEARTBEAT.
 
 Parameter names: docs/ICD.md §4.12 (the board's clock, link faults and reset are served
 by :class:`~firmware_sim.board.Board`, the rest by the firmware and the plant).
@@ -22,9 +24,9 @@ from typing import Protocol
 
 from firmware_sim.plant import ParamValue
 from node.errors import CommandRejected, LocalProtocolError
-from node.link.channel import Delivered, ReliableChannel
-from node.link.codec import Frame, FrameDecoder
+from node.link.channel import ReliableChannel
 from node.link.messages import AckStatus, Hello, HelloAck, HilGet, HilSet, HilValue, Message
+from node.link.session import BoardSession
 
 
 class ParamTarget(Protocol):
@@ -40,6 +42,9 @@ class ParamTarget(Protocol):
 class HilPort:
     """Serve HIL_SET / HIL_GET against ``target``."""
 
+    #: The session of the HIL port (a test may run a deliberately deviant one).
+    session_cls: type[BoardSession] = BoardSession
+
     def __init__(
         self,
         *,
@@ -47,39 +52,33 @@ class HilPort:
         retry_timeout_s: float = 0.25,
         max_tries: int = 5,
         logger: logging.Logger | None = None,
+        wall: float = 0.0,
     ) -> None:
         self.target = target
         self.log = logger or logging.getLogger("umbra.board.hil")
-        self.channel = ReliableChannel(retry_timeout=retry_timeout_s, max_tries=max_tries)
-        self.decoder = FrameDecoder()
+        # No watchdog and no heartbeat on this port (ICD §2.1, §4.3); a session as on the main one.
+        self.link = self.session_cls(hello_ack=target.hello_ack, wall=wall, retry_timeout_s=retry_timeout_s,
+                                 max_tries=max_tries)
+
+    @property
+    def channel(self) -> ReliableChannel:
+        return self.link.channel
 
     def receive(self, data: bytes, *, wall: float) -> bytes:
-        self.decoder.feed(data)
-        out = []
-        while (frame := self.decoder.next_frame()) is not None:
-            out.append(self.handle_frame(frame, wall=wall))
-        return b"".join(out)
-
-    def handle_frame(self, frame: Frame, *, wall: float) -> bytes:
-        events, out = self.channel.receive(frame)
-        parts = [*out]
-        for event in events:
-            if isinstance(event, Delivered):
-                parts.append(self._deliver(event.seq, event.message, wall))
-        return b"".join(parts)
+        for seq, message in self.link.receive(data, wall):
+            self._deliver(seq, message, wall)
+        return self.link.take_output()
 
     def poll(self, *, wall: float) -> bytes:
-        _events, frames = self.channel.poll(wall)  # nothing reliable goes out on this port yet
-        return b"".join(frames)
+        self.link.poll(wall)  # retransmissions only: nothing reliable goes out on this port yet
+        return self.link.take_output()
 
-    def _deliver(self, seq: int, message: Message, wall: float) -> bytes:
-        if isinstance(message, Hello):
-            self.channel.reset()
-            return self.channel.session_frame(self.target.hello_ack(message))
+    def _deliver(self, seq: int, message: Message, wall: float) -> None:
         if isinstance(message, HilGet):
-            return self.channel.send(self._value(message.name, seq), wall)
-        if not message.RELIABLE or seq == 0:
-            return b""  # nothing to do, and a session-frame command cannot be acknowledged
+            self.link.send(self._value(message.name, seq), wall)
+            return
+        if not message.RELIABLE:
+            return  # nothing to do
         status: int = AckStatus.OK
         try:
             if not isinstance(message, HilSet):
@@ -93,7 +92,7 @@ class HilPort:
             self.log.info("refused %s (seq %d): %s", type(message).__name__, seq, exc)
         else:
             self.log.info("HIL set %s = %r", message.name, message.value)
-        return self.channel.ack(seq, status)
+        self.link.ack(seq, status, wall)
 
     def _value(self, name: str, ref: int) -> HilValue:
         try:

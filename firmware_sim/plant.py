@@ -111,6 +111,11 @@ class Plant(Protocol):
     @property
     def rail_on(self) -> npt.NDArray[np.bool_]: ...
 
+    @property
+    def keeps_checkpoints(self) -> bool:
+        """Jobs with checkpoints (CHECKPOINT/RESTORE, SENSOR saved): declared in HELLO_ACK."""
+        ...
+
     def step(self, dt: float) -> None:
         """Advance the physics by ``dt`` seconds of board time."""
         ...
@@ -221,6 +226,8 @@ class ParamTable:
 
 class FirstOrderPlant(ParamTable):
     """First-order GPU power and thermal model behind the :class:`Plant` interface."""
+
+    keeps_checkpoints = False
 
     def __init__(self, *, config: PlantConfig | None = None, seed: int | None = None) -> None:
         self.config = cfg = config if config is not None else PlantConfig()

@@ -52,6 +52,8 @@ def work_envelope(power_w: float, idle_w: float, ref_w: float, alpha: float) -> 
 class SpacePlant(ParamTable):
     """GPUs on an orbiting node, behind the :class:`~firmware_sim.plant.Plant` interface."""
 
+    keeps_checkpoints = True
+
     def __init__(self, *, config: SpaceConfig | None = None, seed: int | None = None) -> None:
         self.config = cfg = config if config is not None else SpaceConfig()
         n = cfg.gpu_count

@@ -283,6 +283,9 @@ def _cmd_broker_files(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from node.extras import require
+
+    require("ground", "umbra-ground")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

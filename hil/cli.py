@@ -63,6 +63,9 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from node.extras import require
+
+    require("hil", "umbra-hil")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # amqtt warns about undelivered messages on every shutdown; they are expected here.

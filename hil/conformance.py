@@ -1,10 +1,11 @@
 """``umbra-hil conformance PORT [--hil PORT]``: check a board against docs/ICD.md.
 
-Talks to the board's main port as a node would, but frame by frame (own numbering, own
-retransmissions, deliberate mistakes), and to the HIL port as a harness.  Each check says
-which ICD rule it exercises and, when the board breaks it, what it did instead.  No node
-may be attached to the main port while this runs.  The board is left with a fresh session
-and its default time settings; caps and rails are restored.
+Talks to the board's main port as a node would, but frame by frame (the shared numbering,
+its own retransmissions, deliberate mistakes), and to the HIL port as a harness — which it
+opens with HELLO before any numbered frame.  Each check says which ICD rule it exercises
+and, when the board breaks it, what it did instead.  No node may be attached to the main
+port while this runs.  The board is left as it was found: a fresh session, its caps and
+rails, and every HIL value the checks changed put back.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 
 import msgpack
 
+from node.link.channel import ReliableChannel
 from node.link.codec import FrameDecoder, encode_frame, frame_from_body
 from node.link.messages import (
     Ack,
     AckStatus,
+    BoardFeature,
     Checkpoint,
     Heartbeat,
     Hello,
@@ -67,13 +70,17 @@ class Rx:
 
 
 class Port:
-    """One serial port, frame by frame: write bytes, read decoded frames with arrival times."""
+    """One serial port, frame by frame: write bytes, read decoded frames with arrival times.
+
+    Numbering is the shared core's (:class:`~node.link.channel.ReliableChannel`): HELLO
+    restarts it (ICD §4.2 S1), deliberately bad frames take their numbers from it too.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.decoder = FrameDecoder()
+        self.channel = ReliableChannel()
         self.frames: list[Rx] = []
-        self.seq = 0
         self._transport: asyncio.Transport | None = None
         self._new = asyncio.Event()
         self.last_write = 0.0
@@ -98,8 +105,7 @@ class Port:
         self.last_write = time.monotonic()
 
     def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
+        return self.channel.number()
 
     def frame(self, msg: Message, seq: int | None = None) -> tuple[int, bytes]:
         s = self.next_seq() if seq is None else seq
@@ -136,15 +142,20 @@ class Port:
 
     async def hello(self, lo: int = 1, hi: int = 1, name: str = "umbra-conformance",
                     timeout: float = 3.0) -> HelloAck | None:
+        self.last_hello_ack = await self.hello_rx(lo, hi, name, timeout)
+        return self.last_hello_ack.message if self.last_hello_ack is not None else None  # type: ignore[return-value]
+
+    async def hello_rx(self, lo: int = 1, hi: int = 1, name: str = "umbra-conformance",
+                       timeout: float = 3.0) -> Rx | None:
+        """HELLO until answered; the answer as received (its seq included)."""
         mark = self.mark()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.write(encode_frame(Hello(node_id=name, min_version=lo, max_version=hi), 0))
+            self.channel.reset()
+            self.write(self.channel.session_frame(Hello(node_id=name, min_version=lo, max_version=hi)))
             got = await self.wait(lambda r: isinstance(r.message, HelloAck), 0.5, mark)
             if got is not None:
-                self.seq = 0
-                assert isinstance(got.message, HelloAck)
-                return got.message
+                return got
         return None
 
     async def sensor(self, timeout: float = 3.0, since: int | None = None) -> Sensor | None:
@@ -158,6 +169,11 @@ def raw_frame(body_obj: Any) -> bytes:
 
 
 class Conformance:
+    #: The groups of checks, in the order they run (``run(only=...)`` picks some; the
+    #: handshake always runs first, the restore of what was changed always last).
+    GROUPS = ("versions", "numbering", "sessions", "sensor_stream", "idle_heartbeat", "commands", "reliability",
+              "jobs", "watchdog", "lockstep", "reset", "hil_port")
+
     def __init__(self, port: str, hil: str | None) -> None:
         self.main = Port(port)
         self.hil = Port(hil) if hil else None
@@ -165,6 +181,10 @@ class Conformance:
         self.info: HelloAck | None = None
         self._beat: asyncio.Task[None] | None = None
         self._beating = asyncio.Event()
+        self._hil_ok = False
+        self._saved_hil: dict[str, Any] = {}  # HIL values we changed, to put back
+        self._saved_caps: tuple[float, ...] | None = None
+        self._saved_rails: int | None = None
 
     def record(self, name: str, icd: str, ok: bool, detail: str = "", skipped: bool = False) -> bool:
         self.results.append(Check(name, icd, bool(ok), detail, skipped))
@@ -180,14 +200,18 @@ class Conformance:
     # -- checks ------------------------------------------------------------------------------
 
     async def handshake(self) -> bool:
-        ack = await self.main.hello()
-        if ack is None:
+        rx = await self.main.hello_rx()
+        if rx is None:
             return self.record("handshake", "§4.2 S2", False, "no HELLO_ACK within 3 s to HELLO(1..1)")
+        ack = rx.message
+        assert isinstance(ack, HelloAck)
         self.info = ack
         ok = ack.version == 1 and 1 <= ack.gpu_count <= 32 and ack.cap_min_w <= ack.cap_max_w
         self.record("handshake", "§4.2 S2, S6", ok,
                     f"board {ack.board_id} fw {ack.fw_version}: v{ack.version}, {ack.gpu_count} GPUs, caps "
-                    f"{ack.cap_min_w:g}-{ack.cap_max_w:g} W, {ack.sensor_rate_hz:g} Hz, watchdog {ack.watchdog_s:g} s")
+                    f"{ack.cap_min_w:g}-{ack.cap_max_w:g} W, {ack.sensor_rate_hz:g} Hz, watchdog {ack.watchdog_s:g} s, "
+                    f"features {ack.features:#x}")
+        self.record("HELLO_ACK carries seq 0", "§3.1, §4.1", rx.seq == 0, f"seq {rx.seq}")
         return ok
 
     async def versions(self) -> None:
@@ -199,18 +223,51 @@ class Conformance:
         self.record("version: no common version answers 0", "§4.2 S4",
                     none is not None and none.version == 0,
                     f"HELLO(200..255) → version {none.version if none else 'no answer'}")
+        # Without a common version there is no session: a numbered command is not executed.
+        assert self.info is not None
+        probe = await self._unexecuted_caps_probe()
+        self.record("version 0: numbered frames are not executed", "§4.2 S4", probe is None, probe or "")
         again = await self.main.hello()
         self.record("version: session re-opens with HELLO(1..1)", "§4.2 S1/S2", again is not None and again.version == 1)
 
     async def numbering(self) -> None:
         mark = self.main.mark()
+        rx = await self.main.hello_rx()
+        index = self.main.frames.index(rx, mark) if rx is not None else None
+        first = None
+        if index is not None:
+            later = await self.main.wait(lambda r: r.seq != 0, 2.0, index + 1)
+            first = later.seq if later else None
+        self.record("the board's numbering restarts at 1 after HELLO", "§3.1, §4.2 S2", first == 1,
+                    f"first numbered frame after HELLO_ACK: {first}")
+        # Our numbering restarts too: after a HELLO, seq 1 is new to the board, not a duplicate.
+        assert self.info is not None
+        self._beating.clear()  # our heartbeats would take the numbers this check needs
+        await asyncio.sleep(0.25)
+        for _ in range(40):
+            self.main.send(Heartbeat(uptime_s=1.0))  # take us well past 1
         await self.main.hello()
-        after = [r for r in self.main.since(mark) if r.seq != 0]
-        first = after[0].seq if after else None
-        if first is None:
-            got = await self.main.wait(lambda r: r.seq != 0, 2.0, mark)
-            first = got.seq if got else None
-        self.record("numbering restarts at 1 after HELLO", "§3.1, §4.2 S2", first == 1, f"first numbered frame: {first}")
+        mark = self.main.mark()
+        seq = self.main.send(SetRail(gpu=0, on=True))
+        a = await self.main.ack(seq, 1.0, mark)
+        self._beating.set()
+        self.record("after HELLO the board takes our numbering from 1 again", "§4.2 S2, §3.6",
+                    seq == 1 and _code(a) == AckStatus.OK, f"SET_RAIL seq {seq}: {_status(a)}")
+
+    async def sessions(self) -> None:
+        """HELLO is not a sign of life; frames before a session count for nothing (§4.3)."""
+        assert self.info is not None
+        # A reliable frame numbered 0 (not HELLO) is never executed (it cannot be acknowledged).
+        n, lo, hi = self.info.gpu_count, self.info.cap_min_w, self.info.cap_max_w
+        mid = round((lo + hi) / 2, 1)
+        self.main.send(SetCaps(cap_w=(mid,) * n))
+        await self._sensor_where(lambda s: all(abs(c - mid) < 1e-6 for c in s.cap_w), 3.0)
+        self.main.write(encode_frame(SetCaps(cap_w=(lo,) * n), 0))
+        await asyncio.sleep(0.5)
+        s = await self.main.sensor(2.0)
+        self.record("a reliable frame numbered 0 is not executed", "§3.1",
+                    s is not None and all(abs(c - mid) < 1e-6 for c in s.cap_w),
+                    f"caps after SET_CAPS(seq 0, {lo:g} W): {s.cap_w[:2] if s else '?'}")
 
     async def sensor_stream(self) -> None:
         assert self.info is not None
@@ -224,10 +281,33 @@ class Conformance:
         monotonic = all(b > a for a, b in itertools.pairwise(ts))
         self.record("SENSOR frames arrive with gpu_count-long arrays and rising t_board", "§4.4",
                     bool(sensors) and ok_len and monotonic, f"{len(sensors)} SENSOR frames in 2 s")
+        saved = all(len(m.saved) == self.info.gpu_count for m in readings)
+        if self.info.features & BoardFeature.CHECKPOINTS:
+            self.record("a board that declares checkpoints sends saved[] per GPU", "§4.2, §4.4", bool(readings) and saved)
         arrivals = [r.at for r in frames]
         gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=math.inf)
         self.record("board never silent > 0.25 s while a session is open", "§4.3", gap <= 0.3,
                     f"longest silence {gap:.3f} s")
+
+    async def idle_heartbeat(self) -> None:
+        """With no SENSOR due (board time held), the board still speaks: HEARTBEAT (§4.3)."""
+        if not self._hil_ok or self.hil is None:
+            self.record("HEARTBEAT when no SENSOR is due", "§4.3", True, "skipped: needs --hil", skipped=True)
+            return
+        if await self._hil_set(self.hil, "time.pause", 1.0) != AckStatus.OK:
+            self.record("HEARTBEAT when no SENSOR is due", "§4.3", True,
+                        "skipped: the board cannot hold its clock (time.pause)", skipped=True)
+            return
+        await asyncio.sleep(0.3)
+        mark = self.main.mark()
+        await asyncio.sleep(1.5)
+        frames = self.main.since(mark)
+        await self._hil_set(self.hil, "time.pause", 0.0)
+        beats = [r for r in frames if isinstance(r.message, Heartbeat)]
+        arrivals = [r.at for r in frames]
+        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=math.inf)
+        self.record("HEARTBEAT when no SENSOR is due", "§4.3", bool(beats) and gap <= 0.3,
+                    f"{len(beats)} HEARTBEATs in 1.5 s with the clock held; longest silence {gap:.3f} s")
 
     async def commands(self) -> None:
         info = self.info
@@ -250,6 +330,18 @@ class Conformance:
             unchanged = s2 is not None and all(abs(c - target[0]) < 1e-6 for c in s2.cap_w)
             self.record("SET_CAPS out of range → BAD_ARGUMENT, nothing changes", "§4.5", bad and unchanged,
                         f"{_status(a)}; caps after: {s2.cap_w[:2] if s2 else '?'}")
+            # One bad cap among good ones: nothing at all changes (the caps apply together).
+            mixed = [lo] * n
+            mixed[-1] = hi + 100.0
+            mark = self.main.mark()
+            seq = self.main.send(SetCaps(cap_w=tuple(mixed)))
+            a = await self.main.ack(seq, 1.0, mark)
+            await asyncio.sleep(0.3)
+            s3 = await self.main.sensor(2.0)
+            unchanged = s3 is not None and all(abs(c - target[0]) < 1e-6 for c in s3.cap_w)
+            self.record("SET_CAPS with one cap out of range applies none of them", "§4.5",
+                        _code(a) == AckStatus.BAD_ARGUMENT and unchanged,
+                        f"{_status(a)}; caps after: {s3.cap_w if s3 else '?'}")
         if n < 32:
             mark = self.main.mark()
             seq = self.main.send(SetCaps(cap_w=tuple([lo] * (n + 1))))
@@ -291,6 +383,17 @@ class Conformance:
                     first is not None and second is not None
                     and _code(first) == _code(second),
                     f"first {_status(first)}, repeat {_status(second)}")
+        # The same for a refused one: the re-ACK repeats the refusal, it does not execute it.
+        seq, wire = self.main.frame(SetRail(gpu=min(n, 31), on=False) if n < 32 else SetCaps(cap_w=(0.0,) * n))
+        mark = self.main.mark()
+        self.main.write(wire)
+        first = await self.main.ack(seq, 1.0, mark)
+        mark2 = self.main.mark()
+        self.main.write(wire)
+        second = await self.main.ack(seq, 1.0, mark2)
+        self.record("duplicate of a refused frame → re-ACK with the same refusal", "§3.3",
+                    _code(first) == AckStatus.BAD_ARGUMENT and _code(second) == AckStatus.BAD_ARGUMENT,
+                    f"first {_status(first)}, repeat {_status(second)}")
         # A dropped frame: the next one arrives first, the retransmission later (late frame).
         lost_seq, lost_wire = self.main.frame(SetRail(gpu=0, on=True))
         mark = self.main.mark()
@@ -323,12 +426,6 @@ class Conformance:
         seq = self.main.send(SetCaps(cap_w=caps))
         a = await self.main.ack(seq, 1.0, mark)
         self.record("resynchronises after garbage", "§2.7", a is not None, _status(a))
-        # Numbered frame with seq 0 (not HELLO): dropped, not acknowledged.
-        mark = self.main.mark()
-        self.main.write(encode_frame(SetCaps(cap_w=caps), 0))
-        a = await self.main.wait(
-            lambda r: isinstance(r.message, Ack) and r.seq > 0 and r.message.ack_seq == 0, 0.5, mark)
-        self.record("reliable frame numbered 0 is dropped", "§3.1", a is None)
         # Wrong version and unknown type: rejected silently.
         mark = self.main.mark()
         s1 = self.main.next_seq()
@@ -364,11 +461,14 @@ class Conformance:
         mark = self.main.mark()
         seq = self.main.send(Checkpoint(gpu=0, pause_s=0.5))
         a = await self.main.ack(seq, 1.0, mark)
+        declared = bool(info.features & BoardFeature.CHECKPOINTS)
         if _code(a) == AckStatus.UNSUPPORTED:
-            # A board that keeps no checkpoints must not pretend to in SENSOR either.
-            self.record("CHECKPOINT on a board without checkpoints → UNSUPPORTED, SENSOR has no saved[]",
-                        "§4.6.2, §4.4", before is not None and not before.saved, _status(a))
+            # A board that keeps no checkpoints must not pretend to, in HELLO_ACK or SENSOR.
+            self.record("CHECKPOINT on a board without checkpoints → UNSUPPORTED, none declared, no saved[]",
+                        "§4.2, §4.6.2, §4.4", before is not None and not before.saved and not declared, _status(a))
             return
+        self.record("a board that takes CHECKPOINT declares it in HELLO_ACK", "§4.2", declared,
+                    f"features {info.features:#x}")
         running = await self._sensor_where(lambda s: bool(s.ckpt & 1), 2.0)
         done = await self._sensor_where(lambda s: not s.ckpt & 1 and bool(s.saved), 5.0)
         start = before.progress[0] if before is not None else math.nan
@@ -399,8 +499,16 @@ class Conformance:
         await asyncio.sleep(0.25)
         mark = self.main.mark()
         quiet_from = self.main.last_write  # the watchdog runs from our last frame
-        safe = await self.main.wait(lambda r: isinstance(r.message, Sensor)
-                                    and bool(r.message.flags & SensorFlag.WATCHDOG_SAFE), info.watchdog_s + 3.0, mark)
+        # Frames on the HIL port meanwhile: they are not the node's and must not feed it (§2.1).
+        hil_chatter = asyncio.create_task(self._hil_chatter()) if self._hil_ok else None
+        try:
+            safe = await self.main.wait(lambda r: isinstance(r.message, Sensor)
+                                        and bool(r.message.flags & SensorFlag.WATCHDOG_SAFE), info.watchdog_s + 3.0, mark)
+        finally:
+            if hil_chatter is not None:
+                hil_chatter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hil_chatter
         tripped_after = (safe.at - quiet_from) if safe else None
         frames = self.main.since(mark)
         arrivals = [r.at for r in frames]
@@ -411,14 +519,34 @@ class Conformance:
         self.record("watchdog: node silent for watchdog_s → WATCHDOG_SAFE and caps at cap_min_w", "§4.3", ok,
                     f"tripped after {tripped_after if tripped_after is None else round(tripped_after, 2)} s "
                     f"(watchdog_s {info.watchdog_s:g}); caps {getattr(safe.message, 'cap_w', ())[:2] if safe else '?'}")
+        if self._hil_ok:
+            self.record("frames on the HIL port do not feed the main port's watchdog", "§2.1, §4.3", safe is not None,
+                        "tripped while the HIL port was busy" if safe else "never tripped while the HIL port talked")
         self.record("board keeps talking while the node is silent", "§4.3", gap <= 0.3, f"longest silence {gap:.3f} s")
         self.main.send(Heartbeat(uptime_s=1.0))
-        self._beating.set()
         cleared = await self._sensor_where(lambda s: not s.flags & SensorFlag.WATCHDOG_SAFE, 2.0)
         self.record("watchdog: the next valid frame clears WATCHDOG_SAFE", "§4.3", cleared is not None)
+        # HELLO is no sign of life: repeated HELLOs (each answered) must not keep it from tripping.
+        await asyncio.sleep(0.25)
+        quiet_from = self.main.last_write
+        mark = self.main.mark()
+        tripped: Rx | None = None
+        deadline = time.monotonic() + info.watchdog_s + 3.0
+        while tripped is None and time.monotonic() < deadline:
+            self.main.write(self.main.channel.session_frame(Hello(node_id="umbra-conformance")))
+            tripped = await self.main.wait(lambda r: isinstance(r.message, Sensor)
+                                           and bool(r.message.flags & SensorFlag.WATCHDOG_SAFE), 0.3, mark)
+        self.main.channel.reset()  # those HELLOs opened a new session: our numbering restarts
+        after = tripped.at - quiet_from if tripped is not None else None
+        self.record("HELLO does not feed the watchdog", "§4.3", tripped is not None and after is not None
+                    and after >= info.watchdog_s - 0.3,
+                    f"HELLO every 0.3 s: tripped after {after if after is None else round(after, 2)} s")
+        self.main.send(Heartbeat(uptime_s=1.0))
+        self._beating.set()
+        await self._sensor_where(lambda s: not s.flags & SensorFlag.WATCHDOG_SAFE, 2.0)
 
     async def lockstep(self, hil: Port | None) -> None:
-        if hil is None:
+        if hil is None or not self._hil_ok:
             self.record("STEP_DONE / lockstep", "§4.3 STEP_DONE", True, "skipped: needs --hil", skipped=True)
             return
         ok_set = await self._hil_set(hil, "time.lockstep_timeout_s", 3.0) == AckStatus.OK
@@ -445,13 +573,15 @@ class Conformance:
         mark = self.main.mark()
         self.main.send(StepDone(t_board=t0 + 1000.0))
         future_ignored = await self.main.sensor(1.5, since=mark) is None  # the timeout is 3 s
-        await self._hil_set(hil, "time.lockstep", 0.0)
-        await self._hil_set(hil, "time.lockstep_timeout_s", 1.0)
+        await self._restore_hil(hil, ("time.lockstep", "time.lockstep_timeout_s"))
         self.record("lockstep: no SENSOR until STEP_DONE", "§4.3 STEP_DONE", first is not None and held)
         self.record("lockstep: each STEP_DONE releases the next frame", "§4.3 STEP_DONE", len(stepped) == 3,
                     f"t_board after STEP_DONEs: {stepped}")
         self.record("lockstep: a STEP_DONE for a board time not yet reached is ignored", "§4.3 STEP_DONE",
                     future_ignored)
+        if self.info is not None:
+            self.record("a board with lockstep declares it in HELLO_ACK", "§4.2",
+                        bool(self.info.features & BoardFeature.LOCKSTEP), f"features {self.info.features:#x}")
 
     async def reset(self) -> None:
         before = await self.main.sensor(2.0)
@@ -466,15 +596,18 @@ class Conformance:
                     f"{_status(a)}; t_board {before.t_board if before else '?'} → {getattr(s.message, 't_board', '?') if s else '?'}")
         self.record("RESET_BOARD: board restarts its numbering", "§4.6.1", renumbered,
                     f"first SENSOR seq after reset: {s.seq if s else '?'}")
+        # The reset board has no session: our numbered frames (no HELLO yet) are not executed.
+        probe = await self._unexecuted_caps_probe()
+        self.record("after RESET_BOARD, numbered frames before a HELLO are not executed", "§4.6.1, §4.2",
+                    probe is None, probe or "")
         await self.main.hello()
 
     async def hil_port(self, hil: Port | None) -> None:
         if hil is None:
             self.record("HIL port", "§4.9-4.12", True, "skipped: no --hil", skipped=True)
             return
-        ack = await hil.hello(name="umbra-conformance-hil")
-        self.record("HIL port: HELLO → HELLO_ACK", "§4.2 S7", ack is not None and ack.version == 1)
-        if ack is None:
+        self.record("HIL port: HELLO → HELLO_ACK", "§4.2 S7", self._hil_ok)
+        if not self._hil_ok:
             return
         assert self.info is not None
         n = self.info.gpu_count
@@ -490,28 +623,60 @@ class Conformance:
         self.record("HIL port: unknown name reads NaN", "§4.11", isinstance(v, float) and math.isnan(v), f"{v!r}")
         st = await self._hil_set(hil, "t_board", 5.0)
         self.record("HIL port: read-only name → BAD_ARGUMENT", "§4.9", st == AckStatus.BAD_ARGUMENT, f"status {st}")
-        old = await self._hil_get(hil, "demand_w")
         st = await self._hil_set(hil, "demand_w", 321.0)
         now = await self._hil_get(hil, "demand_w")
         ok = st == AckStatus.OK and now is not None and all(abs(x - 321.0) < 1e-6 for x in _seq(now))
         self.record("HIL port: HIL_SET demand_w → OK, reads back", "§4.9, §4.12", ok, f"status {st}, reads {now!r}")
-        if old is not None:
-            await self._hil_set(hil, "demand_w", tuple(_seq(old)) if isinstance(old, tuple) else old)
         mark = hil.mark()
         seq = hil.send(SetCaps(cap_w=tuple([self.info.cap_max_w] * n)))
         a = await hil.ack(seq, 1.0, mark)
         self.record("HIL port: SET_CAPS → ACK UNSUPPORTED", "§4.8",
                     _code(a) == AckStatus.UNSUPPORTED, _status(a))
+        # A duplicate HIL_SET of sink_c to the value it has: re-ACKed, and nothing changes.
+        sink = await self._hil_get(hil, "sink_c")
         mark = hil.mark()
-        seq, wire = hil.frame(HilSet(name="sink_c", value=-40.0))
+        seq, wire = hil.frame(HilSet(name="sink_c", value=_first(sink)))
         hil.write(wire)
         a1 = await hil.ack(seq, 1.0, mark)
         mark = hil.mark()
         hil.write(wire)
         a2 = await hil.ack(seq, 1.0, mark)
         self.record("HIL port: duplicate HIL_SET → re-ACK", "§3.3", a1 is not None and a2 is not None)
+        # A duplicate HIL_GET is not answered again (it is best-effort: a new request gets a new number).
+        seq, wire = hil.frame(HilGet(name="t_board"))
+        mark = hil.mark()
+        hil.write(wire)
+        await asyncio.sleep(0.3)
+        hil.write(wire)
+        await asyncio.sleep(0.5)
+        answers = [r for r in hil.since(mark) if isinstance(r.message, HilValue) and r.message.ref == seq]
+        self.record("HIL port: a duplicate HIL_GET is answered once", "§4.10", len(answers) == 1,
+                    f"{len(answers)} answers")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _unexecuted_caps_probe(self) -> str | None:
+        """Send, numbered, caps at the minimum where none is now; None when the board ignored them."""
+        assert self.info is not None
+        n, lo = self.info.gpu_count, self.info.cap_min_w
+        before = await self.main.sensor(2.0)
+        if before is None:
+            return "no SENSOR to compare with"
+        mark = self.main.mark()
+        seq = self.main.send(SetCaps(cap_w=(lo,) * n))
+        a = await self.main.ack(seq, 0.6, mark)
+        after = await self.main.sensor(2.0)
+        if a is not None:
+            return f"answered {_status(a)}"
+        if after is not None and after.cap_w != before.cap_w and all(abs(c - lo) < 1e-6 for c in after.cap_w):
+            return f"caps changed to {after.cap_w[:2]}"
+        return None
+
+    async def _hil_chatter(self) -> None:
+        assert self.hil is not None
+        while True:
+            self.hil.send(HilGet(name="t_board"))
+            await asyncio.sleep(0.2)
 
     async def _sensor_where(self, pred: Callable[[Sensor], bool], timeout: float) -> Sensor | None:
         got = await self.main.wait(lambda r: isinstance(r.message, Sensor) and pred(r.message), timeout,
@@ -519,13 +684,16 @@ class Conformance:
         return got.message if got is not None and isinstance(got.message, Sensor) else None
 
     async def _hil_set(self, hil: Port, name: str, value: Any) -> int | None:
+        if name not in self._saved_hil and name != "t_board":
+            self._saved_hil[name] = await self._hil_get(hil, name)  # to put back at the end
         mark = hil.mark()
-        seq = hil.send(HilSet(name=name, value=value))
+        seq, wire = hil.frame(HilSet(name=name, value=value))
+        hil.write(wire)
         for _ in range(5):
             a = await hil.ack(seq, 0.3, mark)
             if a is not None:
                 return _code(a)
-            hil.write(encode_frame(HilSet(name=name, value=value), seq))  # retransmit, same seq
+            hil.write(wire)  # retransmit, same seq
         return None
 
     async def _hil_get(self, hil: Port, name: str) -> Any:
@@ -537,28 +705,75 @@ class Conformance:
                 return got.message.value
         return None
 
-    async def run(self) -> list[Check]:
+    async def _restore_hil(self, hil: Port, names: Any = None) -> None:
+        for name in list(self._saved_hil) if names is None else names:
+            value = self._saved_hil.pop(name, None)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            mark = hil.mark()
+            seq, wire = hil.frame(HilSet(name=name, value=value))
+            for _ in range(5):
+                hil.write(wire)
+                if await hil.ack(seq, 0.3, mark) is not None:
+                    break
+
+    async def _save_board(self) -> None:
+        """What the board looks like before we change it: caps and rails, to put back."""
+        s = await self.main.sensor(3.0)
+        if s is not None:
+            self._saved_caps, self._saved_rails = s.cap_w, s.rails
+
+    async def _restore_board(self) -> None:
+        info = self.info
+        if info is None:
+            return
+        await self.main.hello()  # whatever the checks did, one fresh session
+        caps = self._saved_caps if self._saved_caps is not None and len(self._saved_caps) == info.gpu_count else None
+        caps = caps if caps is not None and all(info.cap_min_w <= c <= info.cap_max_w for c in caps) else (
+            (info.cap_max_w,) * info.gpu_count)
+        self.main.send(SetCaps(cap_w=tuple(caps)))
+        rails = self._saved_rails if self._saved_rails is not None else (1 << info.gpu_count) - 1
+        for gpu in range(info.gpu_count):
+            self.main.send(SetRail(gpu=gpu, on=bool(rails >> gpu & 1)))
+        await asyncio.sleep(0.3)
+
+    async def run(self, only: tuple[str, ...] | None = None) -> list[Check]:
+        """Every check group, or ``only`` those named (``GROUPS``); the handshake always."""
+        unknown = set(only or ()) - set(self.GROUPS)
+        if unknown:
+            raise ValueError(f"unknown check groups {sorted(unknown)}: choose from {', '.join(self.GROUPS)}")
         await self.main.open()
         if self.hil is not None:
             await self.hil.open()
+            # The HIL session first: numbered HIL frames before it would count for nothing (§4.2 S7).
+            hil_ack = await self.hil.hello_rx(name="umbra-conformance-hil")
+            self._hil_ok = hil_ack is not None and isinstance(hil_ack.message, HelloAck) and hil_ack.message.version == 1
+            if hil_ack is not None:
+                self.record("HIL port: HELLO_ACK carries seq 0", "§3.1, §4.2 S7", hil_ack.seq == 0, f"seq {hil_ack.seq}")
         self._beat = asyncio.create_task(self._heartbeat(), name="umbra.conformance.heartbeat")
         try:
             if not await self.handshake():
                 return self.results
             self._beating.set()
-            steps: list[Callable[[], Awaitable[None]]] = [
-                self.versions, self.numbering, self.sensor_stream, self.commands, self.reliability,
-                self.jobs, self.watchdog, lambda: self.lockstep(self.hil), self.reset, lambda: self.hil_port(self.hil),
-            ]
-            for step in steps:
+            await self._save_board()
+            steps: dict[str, Callable[[], Awaitable[None]]] = {
+                "versions": self.versions, "numbering": self.numbering, "sessions": self.sessions,
+                "sensor_stream": self.sensor_stream, "idle_heartbeat": self.idle_heartbeat,
+                "commands": self.commands, "reliability": self.reliability, "jobs": self.jobs,
+                "watchdog": self.watchdog, "lockstep": lambda: self.lockstep(self.hil), "reset": self.reset,
+                "hil_port": lambda: self.hil_port(self.hil),
+            }
+            for name in self.GROUPS:
+                if only is not None and name not in only:
+                    continue
                 try:
-                    await step()
+                    await steps[name]()
                 except Exception as exc:  # a board that breaks a check must not end the others
-                    self.record(getattr(step, "__name__", "check"), "—", False, f"{type(exc).__name__}: {exc}")
-            # Leave the board as we found it: caps at maximum, a fresh session for the node.
-            if self.info is not None:
-                self.main.send(SetCaps(cap_w=tuple([self.info.cap_max_w] * self.info.gpu_count)))
-                await asyncio.sleep(0.3)
+                    self.record(name, "—", False, f"{type(exc).__name__}: {exc}")
+            # Leave the board as we found it: its caps, rails and HIL values, a fresh session.
+            if self.hil is not None and self._hil_ok:
+                await self._restore_hil(self.hil)
+            await self._restore_board()
         finally:
             self._beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -567,6 +782,13 @@ class Conformance:
             if self.hil is not None:
                 self.hil.close()
         return self.results
+
+
+def _first(v: Any) -> float:
+    """A HIL value as one float (the board's own, when it answered; 0.0 when it did not)."""
+    if isinstance(v, tuple):
+        return float(v[0]) if v else 0.0
+    return float(v) if isinstance(v, float) and v == v else 0.0
 
 
 def _seq(v: Any) -> tuple[float, ...]:
@@ -594,8 +816,8 @@ def _status(a: Rx | None) -> str:
     return type(msg).__name__
 
 
-async def run_conformance(port: str, *, hil: str | None = None) -> list[Check]:
-    return await Conformance(port, hil).run()
+async def run_conformance(port: str, *, hil: str | None = None, only: tuple[str, ...] | None = None) -> list[Check]:
+    return await Conformance(port, hil).run(only)
 
 
 def format_results(results: list[Check]) -> str:

@@ -44,6 +44,7 @@ class HilClient:
         """HELLO first (ICD rule S7): the board restarts its numbering for us, so a harness
         re-attaching to a running board is not mistaken for a duplicate of the last one."""
         self._hello_ack = asyncio.get_running_loop().create_future()
+        self._channel.reset()  # our numbering starts at 1 after HELLO (ICD §4.2 S1)
         hello = ReliableChannel.session_frame(Hello(node_id="umbra-hil"))
         deadline = time.monotonic() + self._timeout * 5
         while not self._hello_ack.done():
@@ -92,7 +93,9 @@ class HilClient:
                     if not fut.done():
                         fut.set_result(int(event.status))
                 elif isinstance(event, Delivered) and isinstance(event.message, HelloAck):
-                    self._channel.reset()
+                    # The board numbers afresh after every HELLO it answers, a late answer to a
+                    # repeated one included (S3); our own numbering must not restart (S1).
+                    self._channel.reset_receive()
                     if self._hello_ack is not None and not self._hello_ack.done():
                         self._hello_ack.set_result(None)
                 elif isinstance(event, Delivered) and isinstance(event.message, HilValue):

@@ -16,6 +16,7 @@ from typing import Protocol, Self
 from node.errors import LinkError
 from node.link.messages import (
     AckStatus,
+    BoardFeature,
     Checkpoint,
     HelloAck,
     Message,
@@ -36,6 +37,7 @@ class BoardInfo:
     sensor_rate_hz: float
     watchdog_s: float
     protocol_version: int
+    features: int = 0  # BoardFeature bits the board declared in HELLO_ACK
 
     @classmethod
     def from_hello_ack(cls, ack: HelloAck) -> BoardInfo:
@@ -48,7 +50,12 @@ class BoardInfo:
             sensor_rate_hz=ack.sensor_rate_hz,
             watchdog_s=ack.watchdog_s,
             protocol_version=ack.version,
+            features=ack.features,
         )
+
+    @property
+    def checkpoints(self) -> bool:
+        return bool(self.features & BoardFeature.CHECKPOINTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,26 @@ class SensorReading:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkHealth:
+    """The session's health changed while it lasts (ICD §4.3): ``state`` is a
+    :class:`~node.link.session.LinkState` value — ``established`` (seeing and commanding),
+    ``blind``, ``uncommandable``, or ``incompatible`` (no session at all)."""
+
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProblem:
+    """One frame the link could not use: ``kind`` (``frame_rejected``, ``sensor_unusable``,
+    ``sensor_flood``) and ``reason`` (the decoder's reason, or what was implausible)."""
+
+    kind: str
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class CommandResult:
     """The board answered a command; ``status`` is its AckStatus (None: no answer at all)."""
 
@@ -75,7 +102,7 @@ class CommandResult:
     status: AckStatus | int | None
 
 
-BoardEvent = LinkUp | LinkDown | SensorReading | CommandResult
+BoardEvent = LinkUp | LinkDown | LinkHealth | LinkProblem | SensorReading | CommandResult
 
 
 class Board(Protocol):
@@ -86,6 +113,11 @@ class Board(Protocol):
 
     @property
     def link_up(self) -> bool: ...
+
+    @property
+    def link_state(self) -> str:
+        """The link's state for telemetry (``established``, ``blind``, …; node/link/session.py)."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -136,6 +168,10 @@ class FakeBoard:
     @property
     def link_up(self) -> bool:
         return self.current_info is not None
+
+    @property
+    def link_state(self) -> str:
+        return "established" if self.current_info is not None else "closed"
 
     async def __aenter__(self) -> Self:
         return self

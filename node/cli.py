@@ -158,6 +158,7 @@ async def run(
             publisher=bus,
             next_seq=bus.next_seq,
             params_path=Path(config.data_dir) / "params.json",
+            rails_path=Path(config.data_dir) / "rails.json",
             store=AsyncCheckpointStore(store, max_concurrent=2),
         ) as controller,
         Notifier.from_environ(
@@ -166,7 +167,7 @@ async def run(
             status=lambda: f"mode {controller.mode.value}, {controller.steps} control steps",
         ),
     ):
-        target.bind(controller)
+        target.bind(controller.commands)
         where = config.link.serial or "a fixed platform profile"
         print(
             f"umbra-node: {config.node_id} on {where} (GPUs: {config.gpu.backend}), "

@@ -51,6 +51,8 @@ from node.errors import ConfigError
 from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
 from node.gpu.config import GpuConfig, PlatformProfile
 from node.jobs.manager import SimJobConfig
+from node.link.session import SessionTimes
+from node.policy import policy_named
 
 _T = TypeVar("_T")
 
@@ -62,6 +64,8 @@ def _check_range(section: str, name: str, value: float, lo: float, hi: float) ->
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkConfig:
+    """The serial link: the port and the wall-time rules of its session (ICD §4.2, §4.3)."""
+
     serial: str = ""
     timeout_s: float = 0.5
     hello_interval_s: float = 0.5
@@ -69,6 +73,14 @@ class LinkConfig:
     retry_timeout_s: float = 0.25
     max_tries: int = 5
     reconnect_s: float = 0.2
+    #: No usable SENSOR this long (at least 2.5 sensor periods): blind → minimum caps, starve.
+    blind_s: float = 1.0
+    #: No SET_CAPS acknowledged OK this long: uncommandable → rails off, starve.
+    command_timeout_s: float = 1.0
+    #: While uncommandable: how often a minimum SET_CAPS tests whether the board obeys again.
+    probe_s: float = 5.0
+    #: Fastest board clock believed, board seconds per wall second (a real board: ~1).
+    max_board_speed: float = 1e4
 
     def __post_init__(self) -> None:
         _check_range("link", "timeout_s", self.timeout_s, 0.05, 60.0)
@@ -77,6 +89,17 @@ class LinkConfig:
         _check_range("link", "retry_timeout_s", self.retry_timeout_s, 0.01, 60.0)
         _check_range("link", "max_tries", self.max_tries, 1, 100)
         _check_range("link", "reconnect_s", self.reconnect_s, 0.01, 60.0)
+        _check_range("link", "blind_s", self.blind_s, 0.05, 60.0)
+        _check_range("link", "command_timeout_s", self.command_timeout_s, 0.05, 60.0)
+        _check_range("link", "probe_s", self.probe_s, 0.1, 3600.0)
+        _check_range("link", "max_board_speed", self.max_board_speed, 0.1, 1e6)
+
+    def session_times(self) -> SessionTimes:
+        return SessionTimes(
+            hello_interval_s=self.hello_interval_s, heartbeat_s=self.heartbeat_s, timeout_s=self.timeout_s,
+            blind_s=self.blind_s, command_timeout_s=self.command_timeout_s, probe_s=self.probe_s,
+            retry_timeout_s=self.retry_timeout_s, max_tries=self.max_tries, max_board_speed=self.max_board_speed,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,7 +130,8 @@ class MqttConfig:
 class NodeConfig:
     node_id: str = "node-1"
     data_dir: Path = Path("./var/node-1")
-    #: ``umbra`` (the controller) or ``baseline`` (max caps, hardware protection only).
+    #: A name in node.policy.POLICIES: ``umbra`` (the controller) or ``baseline`` (max caps,
+    #: hardware protection only).
     policy: str = "umbra"
     link: LinkConfig = field(default_factory=LinkConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -118,8 +142,7 @@ class NodeConfig:
     sim_jobs: SimJobConfig = field(default_factory=SimJobConfig)
 
     def __post_init__(self) -> None:
-        if self.policy not in ("umbra", "baseline"):
-            raise ConfigError(f"node.policy = {self.policy!r}: use umbra or baseline", key="node.policy")
+        policy_named(self.policy)  # ConfigError naming node.policy for an unknown one
         if not NODE_ID_RE.fullmatch(self.node_id):
             raise ConfigError(
                 f"node.node_id = {self.node_id!r}: use 1-32 letters, digits, '-' or '_'",
@@ -154,6 +177,9 @@ class NodeConfig:
                 sections[section][key] = value
         try:
             node = sections["node"]
+            for key in node:
+                if key not in _NODE_KEYS:
+                    raise ConfigError(f"{source}: unknown key node.{key}", key=f"node.{key}", source=source)
             return cls(
                 node_id=_typed(node, "node", "node_id", str, "node-1", source),
                 data_dir=Path(_typed(node, "node", "data_dir", str, "./var/node-1", source)),
@@ -171,6 +197,10 @@ class NodeConfig:
                 exc.source = source
                 exc.args = (f"{source}: {exc.args[0]}",)
             raise
+
+
+#: The keys of ``[node]`` (the other sections are their dataclasses' fields).
+_NODE_KEYS = ("node_id", "data_dir", "policy")
 
 
 def _typed(values: dict[str, Any], section: str, key: str, kind: type, default: Any, source: str) -> Any:

@@ -24,9 +24,11 @@ class RemoteProtocolError(ProtocolError):
     Receivers count these and carry on; they never crash a controller.
     """
 
-    def __init__(self, message: str, *, reason: str = "decode") -> None:
+    def __init__(self, message: str, *, reason: str = "decode", whole: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        #: The frame arrived whole (its CRC matched): a live peer sent it, not line noise.
+        self.whole = whole
 
 
 class LocalProtocolError(ProtocolError):

@@ -104,3 +104,27 @@ class ModeMachine:
             return None
         before, self.mode = self.mode, target
         return Transition(before, target, trigger, reason or trigger.value)
+
+
+#: Frames a new operating mode must hold before the node switches to it.
+MODE_DEBOUNCE = 5
+
+
+@dataclass
+class ModeDebouncer:
+    """Which operating mode the binding constraint names, held for a few frames first.
+
+    Near a boundary the thermal bound of one GPU can dip under its maximum every other
+    frame; the mode is what operators read, so it changes only when the new answer holds
+    for ``MODE_DEBOUNCE`` frames — except that THERMAL_LIMIT is entered at once.
+    """
+
+    frames: int = MODE_DEBOUNCE
+    _candidate: Trigger | None = None
+    _votes: int = 0
+
+    def vote(self, trigger: Trigger) -> bool:
+        """Count this frame's answer; True when it should be fired now."""
+        self._votes = self._votes + 1 if trigger is self._candidate else 1
+        self._candidate = trigger
+        return trigger is Trigger.THERMAL_THROTTLING or self._votes >= self.frames

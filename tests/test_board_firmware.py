@@ -14,6 +14,7 @@ from node.link.codec import Frame, FrameDecoder, encode_frame
 from node.link.messages import (
     Ack,
     AckStatus,
+    BoardFeature,
     Heartbeat,
     Hello,
     HelloAck,
@@ -31,10 +32,14 @@ from node.link.messages import (
 GPUS = 4
 
 
-def make(*, watchdog_s: float = 3.0, utc: float = 1.7e9) -> Firmware:
+def make(*, watchdog_s: float = 3.0, utc: float = 1.7e9, session: bool = True) -> Firmware:
+    """A board; with ``session`` a node has opened one (HELLO at wall 0, its answer dropped)."""
     plant = FirstOrderPlant(config=PlantConfig(gpu_count=GPUS), seed=1)
     config = FirmwareConfig(board_id="bench-7", watchdog_s=watchdog_s, utc_at_boot=utc)
-    return Firmware(plant=plant, config=config, wall=0.0)
+    fw = Firmware(plant=plant, config=config, wall=0.0)
+    if session:
+        fw.receive(encode_frame(Hello(node_id="node"), 0), wall=0.0)
+    return fw
 
 
 def frames(data: bytes) -> list[Frame]:
@@ -56,7 +61,7 @@ def sensor(fw: Firmware, wall: float) -> Sensor:
 
 
 def test_hello_gets_hello_ack_describing_the_board() -> None:
-    fw = make()
+    fw = make(session=False)
     out = fw.receive(encode_frame(Hello(node_id="node-a"), 0), wall=0.1)
     (frame,) = frames(out)
     assert frame.seq == 0
@@ -66,6 +71,7 @@ def test_hello_gets_hello_ack_describing_the_board() -> None:
     assert (ack.cap_min_w, ack.cap_max_w) == (200.0, 700.0)
     assert (ack.sensor_rate_hz, ack.watchdog_s) == (10.0, 3.0)
     assert ack.fw_version.startswith("sim-")
+    assert ack.features == BoardFeature.LOCKSTEP  # the first-order plant keeps no checkpoints
     assert fw.node_id == "node-a"
 
 
@@ -73,10 +79,35 @@ def test_hello_gets_hello_ack_describing_the_board() -> None:
     ("lo", "hi", "version"), [(1, 1, 1), (1, 7, 1), (2, 7, 0)]
 )  # fmt: skip
 def test_hello_negotiates_highest_common_version(lo: int, hi: int, version: int) -> None:
-    fw = make()
+    fw = make(session=False)
     out = fw.receive(encode_frame(Hello(node_id="n", min_version=lo, max_version=hi), 0), wall=0.1)
     (ack,) = only(out, HelloAck)
     assert isinstance(ack, HelloAck) and ack.version == version
+
+
+def test_numbered_frames_before_any_hello_are_ignored_and_do_not_feed_the_watchdog() -> None:
+    """ICD §4.2 S4, §4.3: outside a session nothing is executed, acknowledged or a sign of life."""
+    fw = make(session=False, watchdog_s=1.0)
+    out = fw.receive(encode_frame(SetCaps(cap_w=(300.0,) * GPUS), 1) + encode_frame(Heartbeat(1.0), 2), wall=0.5)
+    assert out == b"" and fw.plant.cap_w.tolist() == [700.0] * GPUS
+    assert fw.link.stats.ignored_outside_session == 2
+    fw.poll(wall=1.1)
+    assert fw.watchdog_safe  # armed from boot, and nothing fed it
+
+
+def test_hello_does_not_feed_the_watchdog() -> None:
+    fw = make(watchdog_s=1.0)
+    for wall in (0.3, 0.6, 0.9, 1.2):
+        fw.receive(encode_frame(Hello(node_id="n"), 0), wall=wall)
+        fw.poll(wall=wall)
+    assert fw.watchdog_safe and fw.plant.cap_w.tolist() == [200.0] * GPUS
+
+
+def test_no_common_version_opens_no_session() -> None:
+    fw = make(session=False)
+    fw.receive(encode_frame(Hello(node_id="n", min_version=2, max_version=3), 0), wall=0.1)
+    out = fw.receive(encode_frame(SetCaps(cap_w=(300.0,) * GPUS), 1), wall=0.2)
+    assert out == b"" and fw.plant.cap_w.tolist() == [700.0] * GPUS
 
 
 def test_hello_starts_a_new_session() -> None:
@@ -182,9 +213,8 @@ def test_sensor_frames_carry_board_time_and_utc() -> None:
     assert frames(fw.sensor_frame(wall=0.2))[0].seq == first.seq + 1
 
 
-def test_watchdog_trips_after_wall_silence_and_clears_on_hello() -> None:
+def test_watchdog_trips_after_wall_silence_and_clears_on_a_frame_of_the_session() -> None:
     fw = make(watchdog_s=3.0)
-    fw.receive(encode_frame(Hello(node_id="n"), 0), wall=1.0)
     fw.receive(encode_frame(SetCaps(cap_w=(600.0,) * GPUS), 1), wall=1.5)
     fw.advance_to(1000.0)  # board time racing ahead does not feed or starve the watchdog
     fw.poll(wall=4.4)
@@ -199,15 +229,17 @@ def test_watchdog_trips_after_wall_silence_and_clears_on_hello() -> None:
     assert fw.get_param("watchdog_safe") == 1.0
 
     fw.receive(encode_frame(Hello(node_id="n"), 0), wall=21.0)
+    assert fw.watchdog_safe  # HELLO is no sign of life (ICD §4.3)
+    fw.receive(encode_frame(Heartbeat(uptime_s=21.0), 1), wall=21.05)
     assert not fw.watchdog_safe
     s = sensor(fw, 21.1)
     assert not s.flags & SensorFlag.WATCHDOG_SAFE
     assert s.cap_w == (200.0,) * GPUS  # caps stay down until the node sets them
-    fw.receive(encode_frame(SetCaps(cap_w=(450.0,) * GPUS), 1), wall=21.2)
+    fw.receive(encode_frame(SetCaps(cap_w=(450.0,) * GPUS), 2), wall=21.2)
     assert fw.plant.cap_w.tolist() == [450.0] * GPUS
 
 
-def test_watchdog_is_armed_from_boot_and_any_valid_frame_clears_it() -> None:
+def test_watchdog_is_armed_from_boot_and_any_valid_frame_of_the_session_clears_it() -> None:
     fw = make(watchdog_s=0.5)
     fw.poll(wall=0.4)
     assert not fw.watchdog_safe
@@ -241,9 +273,12 @@ def test_heartbeat_only_when_nothing_else_was_sent() -> None:
 # --- HIL port ---------------------------------------------------------------------------
 
 
-def hil_pair() -> tuple[Firmware, HilPort]:
+def hil_pair(*, session: bool = True) -> tuple[Firmware, HilPort]:
     fw = make()
-    return fw, HilPort(target=fw)
+    hil = HilPort(target=fw)
+    if session:
+        hil.receive(encode_frame(Hello(node_id="harness"), 0), wall=0.0)
+    return fw, hil
 
 
 def test_hil_set_applies_and_acks() -> None:
@@ -297,13 +332,26 @@ def test_hil_get_answers_with_request_seq_and_nan_for_unknown() -> None:
 
 
 def test_hil_port_answers_hello_and_does_not_feed_the_link_watchdog() -> None:
-    fw, hil = hil_pair()
+    fw, hil = hil_pair(session=False)
     (ack,) = only(hil.receive(encode_frame(Hello(node_id="harness"), 0), wall=0.1), HelloAck)
     assert isinstance(ack, HelloAck) and ack.board_id == "bench-7"
     hil.receive(encode_frame(HilGet(name="t_board"), 1), wall=3.5)
     fw.poll(wall=3.5)
     assert fw.watchdog_safe
-    assert fw.node_id is None  # the harness is not the node
+    assert fw.node_id == "node"  # the harness is not the node
+
+
+def test_hil_port_ignores_numbered_frames_before_its_hello() -> None:
+    fw, hil = hil_pair(session=False)
+    assert hil.receive(encode_frame(HilSet(name="demand_w", value=650.0), 1), wall=0.1) == b""
+    assert fw.plant.get_param("demand_w") == (500.0,) * GPUS
+
+
+def test_duplicate_hil_get_is_answered_once() -> None:
+    _fw, hil = hil_pair()
+    wire = encode_frame(HilGet(name="t_board"), 4)
+    assert len(only(hil.receive(wire, wall=0.1), HilValue)) == 1
+    assert only(hil.receive(wire, wall=0.2), HilValue) == []
 
 
 def test_hil_refuses_link_commands() -> None:
@@ -320,7 +368,8 @@ def test_checkpoint_command_pauses_work_then_keeps_progress() -> None:
 
     plant = SpacePlant(seed=3)
     fw = Firmware(plant=plant, config=FirmwareConfig(board_id="ckpt", watchdog_s=100.0), wall=0.0)
-    fw.receive(encode_frame(Hello("node"), 0), wall=0.0)
+    (hello_ack,) = only(fw.receive(encode_frame(Hello("node"), 0), wall=0.0), HelloAck)
+    assert hello_ack.features == BoardFeature.CHECKPOINTS | BoardFeature.LOCKSTEP
     fw.advance_to(10.0)
     before = plant.read().progress[2]
     (ack,) = only(fw.receive(encode_frame(Checkpoint(gpu=2, pause_s=5.0), 1), wall=0.1), Ack)
@@ -352,7 +401,8 @@ def test_step_done_for_a_clock_the_board_has_not_reached_is_ignored() -> None:
     fw.receive(encode_frame(StepDone(t_board=500.0), 1), wall=0.1)
     assert fw.step_done_t == 500.0
     fw.reboot(wall=0.2)
-    fw.receive(encode_frame(StepDone(t_board=500.0), 2), wall=0.3)
+    fw.receive(encode_frame(Hello(node_id="n"), 0), wall=0.25)  # the node noticed the reboot
+    fw.receive(encode_frame(StepDone(t_board=500.0), 1), wall=0.3)
     assert fw.step_done_t == -1.0 and fw.stats.stale_step_done == 1
     fw.receive(encode_frame(Hello(node_id="n"), 0), wall=0.4)
     fw.advance_to(1.0)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import serial
+from ptypeer import PtyPeer
 
 from firmware_sim.board import Board
 from firmware_sim.cli import main
@@ -44,28 +45,11 @@ if not Path(BOARD_CMD[0]).exists():  # not installed: run the module
     BOARD_CMD = [sys.executable, "-m", "firmware_sim.cli"]
 
 
-class Peer:
-    """The node's (or harness's) end of a pty: plain os.open, non-blocking."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        self.decoder = FrameDecoder()
-        self.seq = 0
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def send(self, message: Message, seq: int | None = None) -> int:
-        if seq is None:
-            self.seq += 1
-            seq = self.seq
-        os.write(self.fd, encode_frame(message, seq))
-        return seq
+class Peer(PtyPeer):
+    """The node's (or harness's) end of a pty."""
 
     def _pump(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while data := os.read(self.fd, 65536):
-                self.decoder.feed(data)
+        self.pump()
 
     async def until(self, match: Callable[[Frame], bool], timeout: float = 3.0) -> list[Frame]:
         """Frames up to and including the first that matches."""
@@ -134,7 +118,7 @@ async def test_hello_then_sensor_frames_with_advancing_board_time(tmp_path: Path
         assert link.is_symlink() and os.readlink(link).startswith("/dev/pts/")
         with peer(link) as node:
             await node.drain()
-            node.send(Hello(node_id="test-node"), seq=0)
+            node.hello("test-node")
             ack = await node.next(HelloAck)
             assert (ack.version, ack.board_id, ack.gpu_count) == (1, "sim-1", 8)
             frames = await node.until(lambda f: isinstance(f.message, Sensor) and f.seq >= 10)
@@ -158,7 +142,7 @@ async def test_set_caps_over_the_pty_is_acked_and_reported(tmp_path: Path) -> No
     async with running(tmp_path) as board:
         with peer(tmp_path / "link") as node:
             await node.drain()
-            node.send(Hello(node_id="n"), seq=0)
+            node.hello("n")
             await node.next(HelloAck)
             caps = (300.0, 350.0, 400.0, 450.0, 500.0, 550.0, 600.0, 650.0)
             seq = node.send(SetCaps(cap_w=caps))
@@ -175,26 +159,28 @@ async def test_hil_demand_makes_temperatures_rise(tmp_path: Path) -> None:
         with peer(tmp_path / "link") as node, peer(tmp_path / "hil") as hil:
             await node.drain()
             await hil.drain()
-            hil.send(HilGet(name="temp_c"), seq=1)
-            cold = (await hil.next(HilValue, ref=1)).value
+            hil.hello("harness")
+            await hil.next(HelloAck)
+            ref = hil.send(HilGet(name="temp_c"))
+            cold = (await hil.next(HilValue, ref=ref)).value
             assert cold == pytest.approx((25.0,) * 8)  # no demand: GPUs sit at the sink
-            node.send(Hello(node_id="n"), seq=0)
+            node.hello("n")
             await node.next(HelloAck)
 
-            hil.send(HilSet(name="demand_w", value=600.0), seq=2)
-            assert (await hil.next(Ack, ack_seq=2)).status == AckStatus.OK
+            seq = hil.send(HilSet(name="demand_w", value=600.0))
+            assert (await hil.next(Ack, ack_seq=seq)).status == AckStatus.OK
             await asyncio.sleep(1.0)  # 20 s of board time: one thermal time constant
-            hil.send(HilGet(name="temp_c"), seq=3)
-            warm = (await hil.next(HilValue, ref=3)).value
+            ref = hil.send(HilGet(name="temp_c"))
+            warm = (await hil.next(HilValue, ref=ref)).value
             assert all(55.0 < t < 86.0 for t in warm), warm  # → 85 °C, ~63 % of the way there
             # The node sees it in its telemetry too, with the power behind it.
             s = await node.latest(Sensor)
             assert all(t > 55.0 for t in s.temp_c) and all(p > 550.0 for p in s.power_w)
 
-            hil.send(HilSet(name="temp_c", value=20.0), seq=4)
-            assert (await hil.next(Ack, ack_seq=4)).status == AckStatus.BAD_ARGUMENT
-            hil.send(HilGet(name="no_such"), seq=5)
-            v = await hil.next(HilValue, ref=5)
+            seq = hil.send(HilSet(name="temp_c", value=20.0))
+            assert (await hil.next(Ack, ack_seq=seq)).status == AckStatus.BAD_ARGUMENT
+            ref = hil.send(HilGet(name="no_such"))
+            v = await hil.next(HilValue, ref=ref)
             assert v.value != v.value  # NaN
             assert board.firmware.node_id == "n"
 
@@ -203,7 +189,7 @@ async def test_watchdog_over_the_pty(tmp_path: Path) -> None:
     async with running(tmp_path, speed=1.0, rate_hz=20.0, watchdog_s=0.3) as board:
         with peer(tmp_path / "link") as node:
             await node.drain()
-            node.send(Hello(node_id="n"), seq=0)
+            node.hello("n")
             await node.next(HelloAck)
             safe = await node.until(
                 lambda f: (
@@ -226,7 +212,7 @@ async def test_peer_can_close_and_reopen(tmp_path: Path) -> None:
         for attempt in range(3):
             with peer(tmp_path / "link") as node:
                 await node.drain()
-                node.send(Hello(node_id=f"n{attempt}"), seq=0)
+                node.hello(f"n{attempt}")
                 await node.next(HelloAck)
             await asyncio.sleep(0.05)  # the board keeps writing while nobody listens
         assert board.firmware.stats.hellos == 3

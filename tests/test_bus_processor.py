@@ -99,12 +99,52 @@ def test_target_refusal_fails_at_start_with_its_code() -> None:
     assert target.calls == []
 
 
-def test_unsupported_commands_are_in_the_dictionary_and_fail_unsupported() -> None:
-    proc, _, sink = make()
-    for i, (name, args) in enumerate([("reboot_board", {}), ("job_cancel", {"job": "j1"}),
-                                      ("job_submit", {"job": "j1", "gpus": 3})]):
+def test_job_and_board_commands_behave_as_the_controller_does() -> None:
+    proc, target, sink = make()
+    for i, (name, args, outcome) in enumerate([
+        ("job_cancel", {"job": "j1"}, Reason.NOT_FOUND),  # not submitted yet
+        ("job_submit", {"job": "j1", "gpus": 3}, 0),
+        ("job_checkpoint", {"job": "j1"}, 0),
+        ("job_pause", {"job": "gpu-2"}, 0),  # every GPU runs a job of its own
+        ("job_cancel", {"job": "gpu-2"}, Reason.NOT_ALLOWED),
+        ("job_cancel", {"job": "j1"}, 0),
+        ("job_submit", {"job": "j2", "gpus": 1 << 4}, Reason.OUT_OF_RANGE),  # the board has 4 GPUs
+        ("reboot_board", {}, 0),
+    ]):
         proc.handle(tc(name, args, counter=i + 1, cid=f"u{i}"))
-        assert sink.reports[-1].code == Reason.UNSUPPORTED, name
+        assert sink.reports[-1].code == outcome, (name, args)
+    assert [c[0] for c in target.calls] == ["submit_job", "checkpoint_job", "pause_job", "cancel_job", "reboot_board"]
+
+
+def test_the_fake_target_the_controller_and_the_protocol_offer_the_same_commands() -> None:
+    """FakeTarget is what the processor's tests run against: it must be the controller's twin."""
+    import inspect
+
+    from node.bus.processor import CommandTarget, ControllerTarget
+    from node.controller.commands import NodeCommands
+
+    def methods(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(fn)
+            for name, fn in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_") and name != "bind"
+        }
+
+    def shape(sigs: dict[str, inspect.Signature]) -> dict[str, list[tuple[str, str]]]:
+        # Parameter names and annotations; the defaults' texts may differ (protocol: `...`).
+        return {n: [(p.name, str(p.annotation)) for p in s.parameters.values()] for n, s in sigs.items()}
+
+    protocol = shape(methods(CommandTarget))
+    assert shape(methods(NodeCommands)) == protocol
+    assert shape(methods(FakeTarget)) == protocol
+    assert shape(methods(ControllerTarget)) == protocol
+
+
+def test_the_fake_target_knows_the_controllers_parameters() -> None:
+    from node.control.law import PARAM_SPECS
+
+    target = FakeTarget()
+    assert target.param_names() == [f"control.{name}" for name in PARAM_SPECS]
 
 
 def test_rejections_carry_reason_event_and_no_effect() -> None:

@@ -15,6 +15,7 @@ from node.link.channel import (
     Delivered,
     GaveUp,
     ReliableChannel,
+    Stalled,
     seq_after,
     seq_distance,
 )
@@ -297,16 +298,45 @@ def test_newer_set_caps_supersedes_an_unacked_older_one() -> None:
     wire_b = node.send(CAPS_B, clock.advance(0.1))
     assert node.pending == 1
     assert node.stats.superseded == 1
-    # The ack of the superseded message is ignored ...
-    assert node.receive(_numbered(1, Ack(ack_seq=1))) == ([], [])
+    # The ack of the superseded message settles nothing (it is reported as a late answer) ...
+    assert node.receive(_numbered(1, Ack(ack_seq=1))) == ([Acknowledged(1, CAPS_A, AckStatus.OK, superseded=True)], [])
+    assert node.receive(_numbered(3, Ack(ack_seq=1))) == ([], [])  # and only once
     assert node.pending == 1
     # ... only the newer one is retransmitted ...
     _, out = node.poll(clock.advance(0.25))
     assert out == [wire_b]
     # ... and its ack completes it.
-    events, _ = node.receive(_numbered(2, Ack(ack_seq=2)))
+    events, _ = node.receive(_numbered(4, Ack(ack_seq=2)))
     assert events == [Acknowledged(2, CAPS_B, AckStatus.OK)]
     assert node.pending == 0
+
+
+def test_a_chain_of_superseded_messages_that_nobody_answers_is_reported_stalled() -> None:
+    """SET_CAPS every 0.1 s, each superseding the last: GaveUp never comes (ICD §3.5)."""
+    clock = FakeClock()
+    node = ReliableChannel()  # 0.25 s × 5 tries: gives up after 1.25 s
+    events: list[object] = []
+    for i in range(20):
+        node.send(CAPS_A if i % 2 else CAPS_B, clock.advance(0.1) if i else clock.now)
+        events += node.poll(clock.now)[0]
+    stalls = [e for e in events if isinstance(e, Stalled)]
+    assert len(stalls) == 1 and stalls[0].since == 1000.0 and stalls[0].key == CAPS_A.supersede_key()
+    assert not [e for e in events if isinstance(e, GaveUp)]
+    assert node.stats.stalled == 1
+
+
+def test_a_late_answer_to_a_superseded_message_keeps_its_chain_from_stalling() -> None:
+    """A board whose ACKs arrive after the next SET_CAPS went out is slow, not deaf."""
+    clock = FakeClock()
+    node = ReliableChannel()
+    events: list[object] = []
+    for i in range(30):
+        node.send(CAPS_A if i % 2 else CAPS_B, clock.advance(0.1) if i else clock.now)
+        if i:  # the answer to the previous one arrives just after this one was sent
+            events += node.receive(_numbered(i, Ack(ack_seq=i)))[0]
+        events += node.poll(clock.now)[0]
+    assert not [e for e in events if isinstance(e, Stalled | GaveUp)]
+    assert all(e.superseded for e in events if isinstance(e, Acknowledged))
 
 
 def test_set_rail_supersedes_only_the_same_gpu() -> None:

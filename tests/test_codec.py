@@ -139,7 +139,8 @@ def test_largest_messages_fit_in_max_body() -> None:
             flags=UINT32_MAX,
             rx_errors=UINT32_MAX,
         ),
-        HelloAck(255, long_name, long_name, MAX_GPUS, 5000.0, 5000.0, 1000.0, 3600.0, 255, 255),
+        HelloAck(255, long_name, long_name, MAX_GPUS, 5000.0, 5000.0, 1000.0, 3600.0,
+                     min_version=255, max_version=255, features=UINT32_MAX),
         HilValue(long_name, (1e12,) * MAX_GPUS, UINT32_MAX),
         SetCaps((5000.0,) * MAX_GPUS),
     ]

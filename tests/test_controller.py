@@ -10,7 +10,7 @@ from node.board import BoardInfo, CommandResult, FakeBoard, LinkDown, LinkUp, Se
 from node.bus.payloads import Event, Housekeeping, Mode
 from node.config import NodeConfig
 from node.control.law import ControlParams
-from node.controller import SENSOR_CLEAR_FRAMES, NodeController
+from node.controller import SENSOR_CLEAR_S, NodeController
 from node.link.messages import AckStatus, Sensor, SensorFlag, SetCaps
 
 INFO = BoardInfo(
@@ -97,7 +97,7 @@ async def test_faulty_sensor_is_reported_and_the_estimate_carries_on(rig):
     # Not the foundation's blind minimum cap: the estimate says the GPU is cool.
     assert board.sent[-1].cap_w == (700.0, 700.0)
     t = 1.1
-    for _ in range(SENSOR_CLEAR_FRAMES - 1):
+    for _ in range(round(SENSOR_CLEAR_S / 0.1) - 1):
         t += 0.1
         await feed(board, node, SensorReading(sensor(t, (50.0, 50.0)), 0.0))
     assert not pub.events("sensor_ok")  # not yet: a sensor must stay clean a while
@@ -178,14 +178,14 @@ async def test_commanded_safe_holds_minimum_caps_until_released(rig):
     board, _pub, node = rig
     await feed(board, node, LinkUp(INFO))
     await feed(board, node, SensorReading(sensor(1.0, (50.0, 50.0)), 0.0))
-    node.command_safe("test")
+    node.commands.command_safe("test")
     await feed(board, node, SensorReading(sensor(2.0, (50.0, 50.0)), 0.0))
     assert node.mode is Mode.SAFE
     assert board.sent[-1] == SetCaps(cap_w=(200.0, 200.0))
     await feed(board, node, LinkDown("gone"))
     await feed(board, node, LinkUp(INFO))
     assert node.mode is Mode.SAFE  # the command still holds it
-    node.command_release_safe("test")
+    node.commands.command_release_safe("test")
     await feed(board, node, SensorReading(sensor(3.0, (50.0, 50.0)), 0.0))
     assert node.mode is Mode.NOMINAL
     assert board.sent[-1] == SetCaps(cap_w=(700.0, 700.0))
@@ -196,17 +196,17 @@ async def test_cap_limit_bounds_one_gpu_and_bad_limits_are_rejected(rig):
 
     board, _, node = rig
     with pytest.raises(CommandRejected) as info:
-        node.set_gpu_cap_limit(0, 400.0)
+        node.commands.set_gpu_cap_limit(0, 400.0)
     assert info.value.code == Reason.LINK_DOWN
     await feed(board, node, LinkUp(INFO))
-    node.set_gpu_cap_limit(1, 400.0)
+    node.commands.set_gpu_cap_limit(1, 400.0)
     await feed(board, node, SensorReading(sensor(1.0, (50.0, 50.0)), 0.0))
     assert board.sent[-1] == SetCaps(cap_w=(700.0, 400.0))
     for gpu, limit in ((2, 400.0), (0, 100.0), (0, 900.0)):
         with pytest.raises(CommandRejected) as info:
-            node.set_gpu_cap_limit(gpu, limit)
+            node.commands.set_gpu_cap_limit(gpu, limit)
         assert info.value.code == Reason.OUT_OF_RANGE
-    node.set_gpu_cap_limit(1, None)
+    node.commands.set_gpu_cap_limit(1, None)
     await feed(board, node, SensorReading(sensor(2.0, (50.0, 50.0)), 0.0))
     assert board.sent[-1] == SetCaps(cap_w=(700.0, 600.0))  # rising at the 200 W/s slew limit
     await feed(board, node, SensorReading(sensor(3.0, (50.0, 50.0)), 0.0))
@@ -220,9 +220,9 @@ async def test_parameters_are_validated_take_effect_and_persist(tmp_path):
     path = tmp_path / "params.json"
     config = NodeConfig.from_mapping({})
     async with NodeController(config=config, board=board, publisher=pub, params_path=path) as node:
-        assert node.get_param("control.limit_c") == ControlParams().limit_c
-        node.set_param("control.target_c", 60.0)
-        node.set_param("control.limit_c", 65.0)
+        assert node.commands.get_param("control.limit_c") == ControlParams().limit_c
+        node.commands.set_param("control.target_c", 60.0)
+        node.commands.set_param("control.limit_c", 65.0)
         await feed(board, node, LinkUp(INFO))
         await feed(board, node, SensorReading(sensor(1.0, (66.0, 50.0)), 0.0))
         assert board.sent[-1].cap_w[0] < 650.0 and board.sent[-1].cap_w[1] == 700.0
@@ -233,13 +233,13 @@ async def test_parameters_are_validated_take_effect_and_persist(tmp_path):
             ("bogus", 1.0, Reason.BAD_ARGUMENT),
         ):
             with pytest.raises(CommandRejected) as info:
-                node.set_param(name, value)
+                node.commands.set_param(name, value)
             assert info.value.code == code
-        assert node.get_param("control.target_c") == 60.0
+        assert node.commands.get_param("control.target_c") == 60.0
     # A restarted node starts with the table as ground left it.
     async with NodeController(config=config, board=FakeBoard(), publisher=pub, params_path=path) as node:
-        assert node.get_param("control.target_c") == 60.0
-        assert node.get_param("control.limit_c") == 65.0
+        assert node.commands.get_param("control.target_c") == 60.0
+        assert node.commands.get_param("control.limit_c") == 65.0
 
 
 async def test_fdir_throttles_a_gpu_at_its_red_limit_and_releases_it(rig):

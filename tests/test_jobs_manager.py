@@ -12,6 +12,7 @@ from node.jobs.manager import ESTIMATOR_PRIOR, Foresight, SimJobConfig, SimJobMa
 from node.jobs.policy import daly_interval
 from node.jobs.store import AsyncCheckpointStore, CheckpointStore
 from node.link.messages import Sensor
+from node.policy import POLICIES
 
 N = 2
 COOL = Foresight(hot=np.zeros(N, dtype=bool), eclipse_in_s=math.nan)
@@ -30,13 +31,15 @@ class Rig:
         self.sent: list[tuple[int, float]] = []
         self.events: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
+        config = SimJobConfig()
         self.m = SimJobManager(
-            policy=policy, config=SimJobConfig(), estimator_config=ESTIMATOR_PRIOR, store=store,
+            checkpoints=POLICIES[policy].make_checkpoints(config), config=config,
+            estimator_config=ESTIMATOR_PRIOR, store=store,
             send_checkpoint=lambda g, p: self.sent.append((g, p)),
             event=lambda kind, sev, text, **d: self.events.append(kind),
             spawn=lambda coro: self.tasks.append(asyncio.ensure_future(coro)),
         )  # fmt: skip
-        self.m.reset(N)
+        self.m.reset(N, board_keeps_checkpoints=True)
 
 
 def run_until_checkpoint(rig: Rig, t_end: float, step: float = 10.0) -> float | None:
@@ -109,8 +112,9 @@ def test_a_loss_is_counted_and_shortens_the_interval():
     assert rig.m.estimator.interval_s() < before
 
 
-def test_a_board_without_checkpoints_leaves_the_manager_idle():
+def test_a_board_that_declares_no_checkpoints_leaves_the_manager_idle():
     rig = Rig("umbra")
+    rig.m.reset(N, board_keeps_checkpoints=False)  # what HELLO_ACK's features said
     rig.m.on_frame(frame(0.0, (0, 0), ()), COOL)
     rig.m.request(None, "ground")
     rig.m.on_frame(frame(5000.0, (1, 1), ()), COOL)

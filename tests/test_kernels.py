@@ -259,10 +259,12 @@ def test_cross_check_matches_reference(seed, n):
     x_t, x_b = rng.uniform(40, 90, n), rng.uniform(30, 70, n)
     power, plate = rng.uniform(0, 700, n), rng.uniform(0, 700, n)
     flags = rng.integers(0, 16, n).astype(np.int64)
-    a = [x_t.copy(), x_b.copy(), flags.copy()]
-    b = [x_t.copy(), x_b.copy(), flags.copy()]
-    na = kernels.cross_check(a[0], a[1], power, plate, 0.03, 0.025, 2.0, a[2])
-    nb = reference.cross_check(b[0], b[1], power, plate, 0.03, 0.025, 2.0, b[2])
+    place = np.where(rng.random(n) < 0.3, np.nan, rng.uniform(-6.0, 6.0, n))
+    learn = float(rng.uniform(0.0, 1.0))
+    a = [x_t.copy(), x_b.copy(), flags.copy(), place.copy()]
+    b = [x_t.copy(), x_b.copy(), flags.copy(), place.copy()]
+    na = kernels.cross_check(a[0], a[1], power, plate, 0.03, 0.025, 2.0, 5.0, learn, a[3], a[2])
+    nb = reference.cross_check(b[0], b[1], power, plate, 0.03, 0.025, 2.0, 5.0, learn, b[3], b[2])
     assert na == nb
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-9)
@@ -274,10 +276,13 @@ def test_cross_check_raises_a_plate_that_reads_cold_and_moves_a_blind_one():
     x_b = np.array([60.0, 61.0, 59.0, 40.0, 30.0])
     flags = np.array([0, 0, 0, 0, kernels.FLAG_STUCK], dtype=np.int64)
     power = np.full(5, 600.0)
-    assert kernels.cross_check(x_t, x_b, power, power, 0.03, 0.025, 2.0, flags) == 1
+    place = np.full(5, np.nan)  # first look: places seeded, bounded by the 5 K spread
+    assert kernels.cross_check(x_t, x_b, power, power, 0.03, 0.025, 2.0, 5.0, 0.0, place, flags) == 1
     assert flags.tolist() == [0, 0, 0, kernels.FLAG_NEIGHBOURS, kernels.FLAG_STUCK]
-    # GPU 3 reads cold: raised to the others' loop (45 °C) less 2 K, plus its plate rise.
-    assert x_b[3] == pytest.approx(45.0 - 2.0 + 15.0) and x_t[3] == pytest.approx(x_b[3] + 18.0)
+    # GPU 3 reads 20 K cold, beyond any healthy spread: raised to the others' loop (45 °C)
+    # less the bound and the tolerance, plus its plate rise.
+    assert place[3] == -5.0 and np.isnan(place[4])
+    assert x_b[3] == pytest.approx(45.0 - 5.0 - 2.0 + 15.0) and x_t[3] == pytest.approx(x_b[3] + 18.0)
     # GPU 4's sensor is stuck: its plate follows the good GPUs' loop (mean 40 °C) + 15 K,
     # and its die moves with it.
     assert x_b[4] == pytest.approx(40.0 + 15.0) and x_t[4] == pytest.approx(50.0 + 25.0)

@@ -236,6 +236,7 @@ def test_payloads_are_msgpack_maps_with_the_field_names() -> None:
         "control_us",
         "historical",
         "jobs",
+        "link_state",
     ]
     assert list(msgpack.unpackb(_example_event().to_wire())) == [
         "node_id",

@@ -201,6 +201,7 @@ class Housekeeping(_Payload):
         "control_us": "float",
         "historical": "bool",
         "jobs": "map with str keys",
+        "link_state": "str",
     }
     node_id: str
     seq: int
@@ -222,6 +223,8 @@ class Housekeeping(_Payload):
     historical: bool = False
     #: Checkpointing per GPU and the interval estimator (docs/jobs.md); empty: no jobs.
     jobs: dict[str, Any] = field(default_factory=dict)
+    #: The serial link's session state (ICD §4.2): established, blind, uncommandable, … ("": unknown).
+    link_state: str = ""
 
     def __post_init__(self) -> None:
         self._check_types()

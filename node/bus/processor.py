@@ -63,7 +63,11 @@ HISTORY_LIMIT = 10_000
 
 class CommandTarget(Protocol):
     """What the processor needs from the controller: each call takes effect or raises
-    CommandRejected(code=Reason.X) and has no effect; none blocks."""
+    CommandRejected(code=Reason.X) and has no effect; none blocks.
+
+    The controller's :class:`~node.controller.commands.NodeCommands` implements it, and so
+    does :class:`FakeTarget`; ``tests/test_bus_processor.py`` keeps the three equal.
+    """
 
     def command_safe(self, reason: str = ...) -> None: ...
     def command_release_safe(self, reason: str = ...) -> None: ...
@@ -91,90 +95,101 @@ def _unsupported(what: str) -> CommandRejected:
 
 
 class ControllerTarget:
-    """Adapts a NodeController (or anything with some of the methods) to CommandTarget.
+    """A CommandTarget bound late: commands before the controller runs answer NOT_ALLOWED."""
 
-    Methods the wrapped object lacks (job commands, reboot_board today) answer
-    UNSUPPORTED, so they start working as soon as the controller grows them.
-    """
+    def __init__(self, target: CommandTarget | None = None) -> None:
+        self._target = target
 
-    def __init__(self, controller: object | None = None) -> None:
-        self._c = controller
+    def bind(self, target: CommandTarget) -> None:
+        self._target = target
 
-    def bind(self, controller: object) -> None:
-        self._c = controller
-
-    def _call(self, method: str, *args: Any) -> Any:
-        if self._c is None:
+    def _bound(self) -> CommandTarget:
+        if self._target is None:
             raise CommandRejected("the controller is not running yet", code=Reason.NOT_ALLOWED)
-        fn = getattr(self._c, method, None)
-        if fn is None:
-            raise _unsupported(method)
-        return fn(*args)
+        return self._target
 
     def command_safe(self, reason: str = "commanded by ground") -> None:
-        self._call("command_safe", reason)
+        self._bound().command_safe(reason)
 
     def command_release_safe(self, reason: str = "released by ground") -> None:
-        self._call("command_release_safe", reason)
+        self._bound().command_release_safe(reason)
 
     def set_gpu_cap_limit(self, gpu: int, max_w: float | None) -> None:
-        self._call("set_gpu_cap_limit", gpu, max_w)
+        self._bound().set_gpu_cap_limit(gpu, max_w)
 
     def set_rail(self, gpu: int, on: bool) -> None:
-        self._call("set_rail", gpu, on)
+        self._bound().set_rail(gpu, on)
 
     def set_hk_rate(self, hz: float) -> None:
-        self._call("set_hk_rate", hz)
+        self._bound().set_hk_rate(hz)
 
     def param_names(self) -> list[str]:
-        return list(self._call("param_names"))
+        return list(self._bound().param_names())
 
     def get_param(self, name: str) -> float:
-        return float(self._call("get_param", name))
+        return float(self._bound().get_param(name))
 
     def set_param(self, name: str, value: float) -> None:
-        self._call("set_param", name, value)
+        self._bound().set_param(name, value)
 
     def submit_job(self, job: str, gpus: int, priority: int | None) -> None:
-        self._call("submit_job", job, gpus, priority)
+        self._bound().submit_job(job, gpus, priority)
 
     def cancel_job(self, job: str) -> None:
-        self._call("cancel_job", job)
+        self._bound().cancel_job(job)
 
     def pause_job(self, job: str) -> None:
-        self._call("pause_job", job)
+        self._bound().pause_job(job)
 
     def resume_job(self, job: str) -> None:
-        self._call("resume_job", job)
+        self._bound().resume_job(job)
 
     def checkpoint_job(self, job: str) -> None:
-        self._call("checkpoint_job", job)
+        self._bound().checkpoint_job(job)
 
     def reboot_board(self) -> None:
-        self._call("reboot_board")
+        self._bound().reboot_board()
 
 
 class FakeTarget:
-    """An in-memory CommandTarget for tests: records every call that took effect."""
+    """An in-memory CommandTarget for tests: records every call that took effect.
+
+    It refuses what the controller refuses for the same reasons (link down, no such GPU,
+    unknown parameter, no such job) and knows the controller's real parameter names.
+    """
 
     def __init__(self, *, gpus: int = 4, link_up: bool = True) -> None:
+        from node.control.law import PARAM_SPECS, ControlParams  # the real table, not a copy
+
         self.gpus = gpus
         self.link_up = link_up
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.params = {"control.target_c": 80.0, "control.gain_w_per_k": 40.0}
+        defaults = ControlParams()
+        self.params = {f"control.{name}": float(getattr(defaults, name)) for name in PARAM_SPECS}
+        self.specs = PARAM_SPECS
         self.mode = "NOMINAL"
+        self.jobs: dict[str, int] = {}
 
-    def _gpu(self, gpu: int) -> None:
+    def _board(self) -> None:
         if not self.link_up:
             raise CommandRejected("the board link is down", code=Reason.LINK_DOWN)
+
+    def _gpu(self, gpu: int) -> None:
+        self._board()
         if not 0 <= gpu < self.gpus:
             raise CommandRejected(f"no GPU {gpu}", code=Reason.OUT_OF_RANGE)
 
-    def command_safe(self, reason: str = "") -> None:
+    def _job(self, job: str) -> None:
+        self._board()
+        own = job.startswith("gpu-") and job[4:].isdigit() and int(job[4:]) < self.gpus
+        if job not in self.jobs and not own:
+            raise CommandRejected(f"no job {job!r}", code=Reason.NOT_FOUND)
+
+    def command_safe(self, reason: str = "commanded by ground") -> None:
         self.mode = "SAFE"
         self.calls.append(("command_safe", ()))
 
-    def command_release_safe(self, reason: str = "") -> None:
+    def command_release_safe(self, reason: str = "released by ground") -> None:
         self.mode = "NOMINAL"
         self.calls.append(("command_release_safe", ()))
 
@@ -192,7 +207,7 @@ class FakeTarget:
         self.calls.append(("set_hk_rate", (hz,)))
 
     def param_names(self) -> list[str]:
-        return sorted(self.params)
+        return list(self.params)
 
     def get_param(self, name: str) -> float:
         if name not in self.params:
@@ -201,26 +216,41 @@ class FakeTarget:
 
     def set_param(self, name: str, value: float) -> None:
         self.get_param(name)
+        lo, hi, _unit, _meaning = self.specs[name.removeprefix("control.")]
+        if not lo <= value <= hi:
+            raise CommandRejected(f"{name} = {value} outside [{lo}, {hi}]", code=Reason.OUT_OF_RANGE)
         self.params[name] = value
         self.calls.append(("set_param", (name, value)))
 
     def submit_job(self, job: str, gpus: int, priority: int | None) -> None:
-        raise _unsupported("submit_job")
+        self._board()
+        if gpus >> self.gpus:
+            raise CommandRejected(f"GPU mask {gpus:#x} names GPUs the board lacks", code=Reason.OUT_OF_RANGE)
+        self.jobs[job] = gpus
+        self.calls.append(("submit_job", (job, gpus, priority)))
 
     def cancel_job(self, job: str) -> None:
-        raise _unsupported("cancel_job")
+        self._job(job)
+        if job not in self.jobs:
+            raise CommandRejected(f"job {job!r} is the GPU's own; it cannot be cancelled", code=Reason.NOT_ALLOWED)
+        del self.jobs[job]
+        self.calls.append(("cancel_job", (job,)))
 
     def pause_job(self, job: str) -> None:
-        raise _unsupported("pause_job")
+        self._job(job)
+        self.calls.append(("pause_job", (job,)))
 
     def resume_job(self, job: str) -> None:
-        raise _unsupported("resume_job")
+        self._job(job)
+        self.calls.append(("resume_job", (job,)))
 
     def checkpoint_job(self, job: str) -> None:
-        raise _unsupported("checkpoint_job")
+        self._job(job)
+        self.calls.append(("checkpoint_job", (job,)))
 
     def reboot_board(self) -> None:
-        raise _unsupported("reboot_board")
+        self._board()
+        self.calls.append(("reboot_board", ()))
 
 
 _SCHEMA = """

@@ -134,18 +134,25 @@ def cross_check(
     r_k_per_w: float,  # die-to-plate resistance
     r_plate_k_per_w: float,  # plate-to-loop resistance
     tol_k: float,
+    spread_k: float,  # the largest place a healthy GPU may hold among its neighbours, K
+    learn: float,  # fraction of the way a place moves towards this frame's (1 − e^(−dt/τ))
+    place: np.ndarray,  # (in/out) each GPU's learned place: loop estimate − the others', K; NaN: not yet
     flags: np.ndarray,  # (in/out) FLAG_NEIGHBOURS added where a plate reads cold
 ) -> int:
     """Check each GPU against its neighbours on the shared coolant loop.
 
-    Every plate sits ``r_plate·P̄`` above the loop (P̄: the power it has settled to), so ``b − r_plate·P`` estimates the loop
-    temperature once per GPU and the estimates should agree.  A GPU whose sensor is out
-    (NaN, out of range, stuck, or disagreeing with the model) has no measurement to keep
-    its plate estimate honest: it follows the others' loop estimate instead.  A GPU whose
-    loop estimate is more than ``tol_k`` below the others' reads cold (a sensor drifting
-    down, slowly enough to pass the innovation gate): its plate is raised to the others'
-    less the tolerance, and its die estimate with it, so the controller does not over-drive
-    it.  Reading hot is the safe error and is left alone.  Needs two good neighbours.
+    Every plate sits ``r_plate·P̄`` above the loop (P̄: the power it has settled to), so
+    ``b − r_plate·P`` estimates the loop temperature once per GPU, and healthy GPUs agree up
+    to a spread of their own (contact resistances, flow): each GPU's *place* — its loop
+    estimate less the others' mean — is learned slowly and bounded by ``spread_k``, seeded
+    at the first check.  A GPU whose sensor is out (NaN, out of range, stuck, disagreeing
+    with the model) has no measurement to keep its plate estimate honest: it follows the
+    others' loop estimate plus its place.  A GPU more than ``tol_k`` below its place reads
+    cold (a sensor drifting down slowly enough to pass the innovation gate): its plate is
+    raised to its place less the tolerance, its die estimate with it, so the controller
+    does not over-drive it.  Reading hot is the safe error and is left alone.  A drift
+    faster than ``tol_k`` per learning time constant is caught while the place lags
+    behind; a slower one once the place reaches the bound.  Needs two good neighbours.
     """
     n = x_b.shape[0]
     total = 0.0
@@ -161,16 +168,23 @@ def cross_check(
         if others_n < 2:
             continue
         others = (total - (own if flags[i] == 0 else 0.0)) / others_n
+        known = place[i] if not math.isnan(place[i]) else 0.0
         if flags[i] != 0:
-            target = others + r_plate_k_per_w * plate_w[i]
+            target = others + known + r_plate_k_per_w * plate_w[i]
             x_t[i] += target - x_b[i]  # shift the die with its plate
             x_b[i] = target
-        elif own < others - tol_k:
-            floor = others - tol_k + r_plate_k_per_w * plate_w[i]
+            continue
+        diff = own - others
+        if math.isnan(place[i]):
+            place[i] = min(max(diff, -spread_k), spread_k)  # first look: where it sits now
+        if diff < place[i] - tol_k:
+            floor = others + place[i] - tol_k + r_plate_k_per_w * plate_w[i]
             x_t[i] = max(x_t[i], floor + r_k_per_w * power_w[i])
             x_b[i] = floor
             flags[i] |= FLAG_NEIGHBOURS
             count += 1
+        else:
+            place[i] = min(max(place[i] + learn * (diff - place[i]), -spread_k), spread_k)
     return count
 
 

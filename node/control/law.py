@@ -19,79 +19,53 @@ from node.control import kernels
 from node.errors import ConfigError
 from node.link.messages import Sensor
 
-#: name → (lo, hi, unit, meaning).  The single source for validation, docs and commands.
-PARAM_SPECS: dict[str, tuple[float, float, str, str]] = {
-    "tau_s": (0.1, 600.0, "s", "die thermal time constant of the estimator's model"),
-    "r_k_per_w": (0.001, 1.0, "K/W", "die-to-cold-plate thermal resistance"),
-    "q_t": (1e-6, 100.0, "K²", "die-state process noise per step"),
-    "q_b": (1e-6, 100.0, "K²/s", "plate-state process noise"),
-    "r_meas": (1e-4, 100.0, "K²", "temperature sensor noise variance"),
-    "innov_k": (1.0, 100.0, "σ", "innovation gate"),
-    "sensor_lo_c": (-100.0, 50.0, "°C", "lowest physical sensor reading"),
-    "sensor_hi_c": (60.0, 300.0, "°C", "highest physical sensor reading"),
-    "stuck_n": (2.0, 10_000.0, "frames", "identical readings that make a sensor stuck"),
-    "persist_n": (1.0, 1000.0, "frames", "gated innovations in a row that make a sensor faulty"),
-    "limit_c": (40.0, 95.0, "°C", "predicted die temperature must stay below this"),
-    "horizon_s": (0.5, 600.0, "s", "prediction horizon of the thermal headroom"),
-    "target_c": (30.0, 95.0, "°C", "PI set point for die temperature"),
-    "kp_w_per_k": (0.0, 1000.0, "W/K", "PI proportional gain"),
-    "ki_w_per_ks": (0.0, 1000.0, "W/(K·s)", "PI integral gain"),
-    "slew_w_per_s": (1.0, 1e5, "W/s", "fastest rise of a cap (falls are immediate)"),
-    "deadband_w": (0.0, 100.0, "W", "caps moving less than this are not re-sent"),
-    "battery_floor_frac": (0.0, 0.95, "1", "lowest state of charge allowed (1 − depth of discharge)"),
-    "battery_margin_frac": (0.0, 0.5, "1", "planning margin above the floor"),
-    "charge_eff": (0.5, 1.0, "1", "battery charge efficiency"),
-    "discharge_eff": (0.5, 1.0, "1", "battery discharge efficiency"),
-    "avionics_w": (0.0, 10_000.0, "W", "avionics load when the board does not report it"),
-    "eclipse_s": (0.0, 10_000.0, "s", "eclipse length assumed until one is observed or reported"),
-    "radiator_ea_m2": (0.0, 1000.0, "m²", "radiator emissivity × area (0: no heat budget)"),
-    "radiator_cap_j_per_k": (0.0, 1e9, "J/K", "radiator and loop heat capacity"),
-    "radiator_max_c": (0.0, 150.0, "°C", "hottest the radiator may be run"),
-    "radiator_horizon_s": (1.0, 1e5, "s", "how fast the radiator may be warmed to its maximum"),
-    "sink_c": (-273.0, 100.0, "°C", "radiative sink temperature"),
-    "hysteresis_k": (0.0, 50.0, "K", "thermal margin before THERMAL_LIMIT is left"),
-    "r_plate_k_per_w": (0.0, 1.0, "K/W", "cold-plate-to-loop thermal resistance"),
-    "neighbour_tol_k": (0.5, 100.0, "K", "a loop estimate this far below the others': the sensor reads cold"),
-    "tau_plate_s": (1.0, 10_000.0, "s", "cold-plate time constant: how slowly a plate follows its GPU's power"),
-}
+
+def param(default: float, lo: float, hi: float, unit: str, meaning: str) -> Any:
+    """Declare a control parameter: its default, range, unit and meaning (one place for all)."""
+    return field(default=default, metadata={"range": (lo, hi), "unit": unit, "meaning": meaning})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlParams:
-    tau_s: float = 5.0
-    r_k_per_w: float = 0.03
-    q_t: float = 0.05
-    q_b: float = 0.02
-    r_meas: float = 0.25
-    innov_k: float = 6.0
-    sensor_lo_c: float = -40.0
-    sensor_hi_c: float = 150.0
-    stuck_n: float = 50.0
-    persist_n: float = 5.0
+    """The parameter table: validated ranges; ground can change entries by command."""
+
+    tau_s: float = param(5.0, 0.1, 600.0, "s", "die thermal time constant of the estimator's model")
+    r_k_per_w: float = param(0.03, 0.001, 1.0, "K/W", "die-to-cold-plate thermal resistance")
+    q_t: float = param(0.05, 1e-06, 100.0, "K²", "die-state process noise per step")
+    q_b: float = param(0.02, 1e-06, 100.0, "K²/s", "plate-state process noise")
+    r_meas: float = param(0.25, 0.0001, 100.0, "K²", "temperature sensor noise variance")
+    innov_k: float = param(6.0, 1.0, 100.0, "σ", "innovation gate")
+    sensor_lo_c: float = param(-40.0, -100.0, 50.0, "°C", "lowest physical sensor reading")
+    sensor_hi_c: float = param(150.0, 60.0, 300.0, "°C", "highest physical sensor reading")
+    stuck_s: float = param(5.0, 0.1, 3600.0, "s", "identical readings for this long (board time) make a sensor stuck")
+    persist_n: float = param(5.0, 1.0, 1000.0, "frames", "gated innovations in a row that make a sensor faulty")
     # Slowdown is 87–89 °C on H100-class parts: plan to stay under 87, regulate at 85.8.
-    limit_c: float = 86.6
-    horizon_s: float = 10.0
-    target_c: float = 85.8
-    kp_w_per_k: float = 20.0
-    ki_w_per_ks: float = 2.0
-    slew_w_per_s: float = 200.0
-    deadband_w: float = 5.0
+    limit_c: float = param(86.6, 40.0, 95.0, "°C", "predicted die temperature must stay below this")
+    horizon_s: float = param(10.0, 0.5, 600.0, "s", "prediction horizon of the thermal headroom")
+    target_c: float = param(85.8, 30.0, 95.0, "°C", "PI set point for die temperature")
+    kp_w_per_k: float = param(20.0, 0.0, 1000.0, "W/K", "PI proportional gain")
+    ki_w_per_ks: float = param(2.0, 0.0, 1000.0, "W/(K·s)", "PI integral gain")
+    slew_w_per_s: float = param(200.0, 1.0, 100000.0, "W/s", "fastest rise of a cap (falls are immediate)")
+    deadband_w: float = param(5.0, 0.0, 100.0, "W", "caps moving less than this are not re-sent")
     # The floor is a state of charge: 0.70 is a 30 % depth of discharge per LEO cycle.
-    battery_floor_frac: float = 0.70
-    battery_margin_frac: float = 0.005
-    charge_eff: float = 0.95
-    discharge_eff: float = 0.95
-    avionics_w: float = 100.0
-    eclipse_s: float = 2136.0  # 35.6 min: the longest eclipse at 550 km (PHYSICS.md)
-    radiator_ea_m2: float = 0.0
-    radiator_cap_j_per_k: float = 0.0
-    radiator_max_c: float = 60.0
-    radiator_horizon_s: float = 600.0
-    sink_c: float = -40.0
-    hysteresis_k: float = 2.0
-    r_plate_k_per_w: float = 0.025
-    neighbour_tol_k: float = 2.0
-    tau_plate_s: float = 120.0
+    battery_floor_frac: float = param(0.7, 0.0, 0.95, "1", "lowest state of charge allowed (1 − depth of discharge)")
+    battery_margin_frac: float = param(0.005, 0.0, 0.5, "1", "planning margin above the floor")
+    charge_eff: float = param(0.95, 0.5, 1.0, "1", "battery charge efficiency")
+    discharge_eff: float = param(0.95, 0.5, 1.0, "1", "battery discharge efficiency")
+    avionics_w: float = param(100.0, 0.0, 10000.0, "W", "avionics load when the board does not report it")
+    # 35.6 min: the longest eclipse at 550 km (PHYSICS.md).
+    eclipse_s: float = param(2136.0, 0.0, 10000.0, "s", "eclipse length assumed until one is observed or reported")
+    radiator_ea_m2: float = param(0.0, 0.0, 1000.0, "m²", "radiator emissivity × area (0: no heat budget)")
+    radiator_cap_j_per_k: float = param(0.0, 0.0, 1000000000.0, "J/K", "radiator and loop heat capacity")
+    radiator_max_c: float = param(60.0, 0.0, 150.0, "°C", "hottest the radiator may be run")
+    radiator_horizon_s: float = param(600.0, 1.0, 100000.0, "s", "how fast the radiator may be warmed to its maximum")
+    sink_c: float = param(-40.0, -273.0, 100.0, "°C", "radiative sink temperature")
+    hysteresis_k: float = param(2.0, 0.0, 50.0, "K", "thermal margin before THERMAL_LIMIT is left")
+    r_plate_k_per_w: float = param(0.025, 0.0, 1.0, "K/W", "cold-plate-to-loop thermal resistance")
+    neighbour_tol_k: float = param(2.0, 0.5, 100.0, "K", "a loop estimate this far below its learned place among the others': the sensor reads cold")
+    neighbour_spread_k: float = param(5.0, 0.0, 50.0, "K", "largest place a healthy GPU may hold among its neighbours (learned within this bound)")
+    neighbour_learn_s: float = param(600.0, 1.0, 1e6, "s", "time constant of learning each GPU's place among its neighbours")
+    tau_plate_s: float = param(120.0, 1.0, 10000.0, "s", "cold-plate time constant: how slowly a plate follows its GPU's power")
 
     def __post_init__(self) -> None:
         for name, (lo, hi, _unit, _meaning) in PARAM_SPECS.items():
@@ -109,6 +83,12 @@ class ControlParams:
         return dataclasses.replace(self, **{k: float(v) for k, v in changes.items()})
 
 
+#: name → (lo, hi, unit, meaning), derived from the declarations: for validation, docs, commands.
+PARAM_SPECS: dict[str, tuple[float, float, str, str]] = {
+    f.name: (*f.metadata["range"], f.metadata["unit"], f.metadata["meaning"]) for f in dataclasses.fields(ControlParams)
+}
+
+
 @dataclass(frozen=True, slots=True)
 class StepResult:
     caps_w: np.ndarray  # what to command (a view of the law's array: copy to keep)
@@ -123,9 +103,13 @@ class StepResult:
 class Law(Protocol):
     name: str
 
-    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None: ...
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float, sensor_rate_hz: float = 10.0) -> None: ...
 
     def step(self, sensor: Sensor, *, limits_w: np.ndarray, weights: np.ndarray) -> StepResult: ...
+
+    def update_params(self, params: ControlParams) -> None:
+        """Ground changed the parameter table; state (estimates, integrators) carries over."""
+        ...
 
 
 #: Frames after a (re)start before GPUs are checked against their neighbours.
@@ -145,9 +129,13 @@ class UmbraLaw:
     params: ControlParams = field(default_factory=ControlParams)
     name: str = "umbra"
 
-    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None:
+    def update_params(self, params: ControlParams) -> None:
+        self.params = params
+
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float, sensor_rate_hz: float = 10.0) -> None:
         n = gpu_count
         self.cap_min_w, self.cap_max_w = cap_min_w, cap_max_w
+        self._rate_hz = sensor_rate_hz  # the stuck detector counts frames: so many make stuck_s
         self._t_last = math.nan
         self._x_t = np.full(n, math.nan)
         self._x_b = np.zeros(n)
@@ -168,6 +156,7 @@ class UmbraLaw:
         self._power = np.zeros(n)
         self._plate_w = np.zeros(n)
         self._plate_step = np.zeros(n)  # scratch: this frame's move of _plate_w
+        self._place = np.full(n, math.nan)  # each GPU's learned place among its neighbours, K
         self._eclipse_started: float | None = None
         self._eclipse_s = math.nan
         self._frames = 0
@@ -208,7 +197,7 @@ class UmbraLaw:
         self._power[:] = sensor.power_w
         kernels.estimate(
             self._z, self._power, dt, p.tau_s, p.r_k_per_w, p.q_t, p.q_b, p.r_meas, p.innov_k,
-            p.sensor_lo_c, p.sensor_hi_c, int(p.stuck_n), int(p.persist_n),
+            p.sensor_lo_c, p.sensor_hi_c, max(2, round(p.stuck_s * self._rate_hz)), int(p.persist_n),
             self._x_t, self._x_b, self._p_tt, self._p_tb, self._p_bb,
             self._last_z, self._stuck, self._innov, self._flags,
         )  # fmt: skip
@@ -223,8 +212,10 @@ class UmbraLaw:
         self._frames += 1
         if self._frames > WARMUP_FRAMES:  # the plate estimates settle first
             kernels.cross_check(
-                self._x_t, self._x_b, self._power, self._plate_w, p.r_k_per_w, p.r_plate_k_per_w, p.neighbour_tol_k, self._flags
-            )
+                self._x_t, self._x_b, self._power, self._plate_w, p.r_k_per_w, p.r_plate_k_per_w,
+                p.neighbour_tol_k, p.neighbour_spread_k, -math.expm1(-dt / p.neighbour_learn_s),
+                self._place, self._flags,
+            )  # fmt: skip
         bound = kernels.thermal_caps(
             self._x_t, self._x_b, p.tau_s, p.r_k_per_w, p.limit_c, p.horizon_s, p.target_c,
             p.kp_w_per_k, p.ki_w_per_ks, dt, self.cap_min_w, self.cap_max_w, self._integ, self._thermal,
@@ -286,7 +277,10 @@ class BaselineLaw:
 
     name: str = "baseline"
 
-    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float) -> None:
+    def update_params(self, params: ControlParams) -> None:
+        """The baseline has no parameters to follow."""
+
+    def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float, sensor_rate_hz: float = 10.0) -> None:
         self._caps = np.full(gpu_count, cap_max_w)
         self._flags = np.zeros(gpu_count, dtype=np.int64)
         self._temps = np.zeros(gpu_count)
@@ -304,14 +298,6 @@ class BaselineLaw:
         )
 
 
-def make_law(policy: str, params: ControlParams) -> Law:
-    if policy == "umbra":
-        return UmbraLaw(params=params)
-    if policy == "baseline":
-        return BaselineLaw()
-    raise ConfigError(f"unknown policy {policy!r}: use umbra or baseline", key="node.policy")
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel before the first frame needs it."""
     one = np.zeros(1)
@@ -326,4 +312,4 @@ def warm_up() -> None:
     kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9)
     kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)
     kernels.caps_changed(one, one, 1.0)
-    kernels.cross_check(one.copy(), one.copy(), one, one, 0.03, 0.025, 2.0, ints.copy())
+    kernels.cross_check(one.copy(), one.copy(), one, one, 0.03, 0.025, 2.0, 5.0, 0.01, one.copy(), ints.copy())

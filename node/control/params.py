@@ -29,8 +29,11 @@ def load_params(path: Path, base: ControlParams) -> ControlParams:
     if not isinstance(raw, dict):
         log.error("ignoring parameter file %s: not an object", path)
         return base
+    known = {k: v for k, v in raw.items() if k in PARAM_SPECS}
+    for name in sorted(set(raw) - set(known)):  # a parameter of an older release: keep the rest
+        log.warning("parameter file %s: ignoring %s, no longer a parameter", path, name)
     try:
-        return base.replace(**{k: float(v) for k, v in raw.items()})
+        return base.replace(**{k: float(v) for k, v in known.items()})
     except (ConfigError, TypeError, ValueError) as exc:
         log.error("ignoring parameter file %s: %s", path, exc)
         return base

@@ -86,6 +86,9 @@ def cross_check(
     r_k_per_w: float,
     r_plate_k_per_w: float,
     tol_k: float,
+    spread_k: float,
+    learn: float,
+    place: np.ndarray,
     flags: np.ndarray,
 ) -> int:
     loop = x_b - r_plate_k_per_w * plate_w
@@ -94,14 +97,21 @@ def cross_check(
     others_n = np.where(ok, good - 1, good)
     enough = others_n >= 2
     others = (total - np.where(ok, loop, 0.0)) / np.maximum(others_n, 1)
+    diff = loop - others
+    # First look: the place is where the GPU sits now, within the bound.
+    place[:] = np.where(enough & ok & np.isnan(place), np.clip(diff, -spread_k, spread_k), place)
+    known = np.where(np.isnan(place), 0.0, place)
     follow = enough & ~ok
-    cold = enough & ok & (loop < others - tol_k)
-    follow_b = others + r_plate_k_per_w * plate_w
-    cold_b = others - tol_k + r_plate_k_per_w * plate_w
+    cold = enough & ok & (diff < known - tol_k)
+    learn_here = enough & ok & ~cold
+    follow_b = others + known + r_plate_k_per_w * plate_w
+    cold_b = others + known - tol_k + r_plate_k_per_w * plate_w
     new_t = np.where(follow, x_t + (follow_b - x_b), x_t)
     new_t = np.where(cold, np.maximum(x_t, cold_b + r_k_per_w * power_w), new_t)
     x_b[:] = np.where(follow, follow_b, np.where(cold, cold_b, x_b))
     x_t[:] = new_t
+    learned = np.clip(known + learn * (diff - known), -spread_k, spread_k)
+    place[:] = np.where(learn_here, learned, place)
     flags[:] = np.where(cold, flags | kernels.FLAG_NEIGHBOURS, flags)
     return int(np.count_nonzero(cold))
 

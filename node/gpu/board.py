@@ -26,7 +26,16 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
-from node.board import BoardEvent, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
+from node.board import (
+    BoardEvent,
+    BoardInfo,
+    CommandResult,
+    LinkDown,
+    LinkHealth,
+    LinkProblem,
+    LinkUp,
+    SensorReading,
+)
 from node.errors import CommandRejected, LinkError, LocalProtocolError, Reason
 from node.gpu import nvml_api as api
 from node.gpu.config import GpuConfig
@@ -96,6 +105,11 @@ class NvmlBoard:
     @property
     def link_up(self) -> bool:
         return self._info is not None
+
+    @property
+    def link_state(self) -> str:
+        """NVML has no session: the GPUs are there (established) or not (closed)."""
+        return "established" if self._info is not None else "closed"
 
     @property
     def snapshot(self) -> NvmlSnapshot | None:
@@ -186,9 +200,14 @@ class NvmlBoard:
                 self._platform_up = True
                 await self._ensure_open()
             elif isinstance(event, LinkDown):
-                self._platform_up = False
-                self._go_down(f"platform board: {event.reason}")
-            elif isinstance(event, CommandResult):
+                self._platform_lost(f"platform board: {event.reason}")
+            elif isinstance(event, LinkHealth):
+                if event.state == "established":
+                    self._platform_up = True
+                    await self._ensure_open()
+                else:  # blind or uncommandable: no power or thermal data to control by
+                    self._platform_lost(f"platform board {event.state}: {event.reason}")
+            elif isinstance(event, CommandResult | LinkProblem):
                 self._emit(event)
             elif isinstance(event, PlatformSample) and self._platform_up:
                 await self._ensure_open()
@@ -226,6 +245,15 @@ class NvmlBoard:
             watchdog_s=platform.watchdog_s if platform else 0.0,
             protocol_version=platform.protocol_version if platform else 0,
         )
+
+    def _platform_lost(self, reason: str) -> None:
+        """Without the platform the controller is blind; the GPUs are ours: hold them at minimum."""
+        self._platform_up = False
+        info = self._info
+        if info is not None and self._config.caps == "apply":
+            self._pending_caps = (info.cap_min_w,) * info.gpu_count
+            self._caps_wanted.set()
+        self._go_down(reason)
 
     def _go_down(self, reason: str) -> None:
         if self._info is not None:

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from node.board import Board, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
+from node.board import (
+    Board,
+    BoardInfo,
+    CommandResult,
+    LinkDown,
+    LinkHealth,
+    LinkProblem,
+    LinkUp,
+    SensorReading,
+)
 from node.errors import CommandRejected, Reason
 from node.gpu.config import PlatformProfile
 from node.link.messages import AckStatus, SensorFlag, SetRail
@@ -40,7 +49,7 @@ class PlatformSample:
     rx_errors: int = 0
 
 
-PlatformEvent = PlatformSample | LinkUp | LinkDown | CommandResult
+PlatformEvent = PlatformSample | LinkUp | LinkDown | LinkHealth | LinkProblem | CommandResult
 
 
 class PlatformSource(Protocol):

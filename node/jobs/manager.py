@@ -6,12 +6,16 @@ node's CHECKPOINT command, which pauses that GPU's work for the time the checkpo
 (modelled state size over storage bandwidth), and the node writes real bytes of the
 configured size into its checkpoint store when the board reports it finished.
 
-Policies:
+When to checkpoint is a :class:`CheckpointPolicy` object (node/policy.py picks one):
 
-* ``umbra`` — Daly's interval from the measured cost and the observed fault rate, plus
-  checkpoints ahead of foreseeable losses: a GPU heading for its thermal limit, an
-  eclipse about to start, SAFE being entered, FDIR's battery warning, ground's request.
-* ``baseline`` — a fixed 30-minute interval and no foresight.
+* :class:`DalyWithForesight` — Daly's interval from the measured cost and the observed
+  fault rate, plus checkpoints ahead of foreseeable losses: a GPU heading for its thermal
+  limit, an eclipse about to start, SAFE being entered, FDIR's battery warning, ground's
+  request.
+* :class:`FixedInterval` — a fixed interval (the baseline's 30 minutes) and no foresight.
+
+Whether the board keeps checkpoints at all is what it declared in HELLO_ACK
+(``BoardFeature.CHECKPOINTS``), not guessed from the SENSOR frames.
 
 A loss shows as progress falling back to ``saved``; it counts as a fault for the
 estimator and its size as lost work.
@@ -23,7 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,6 +73,32 @@ class SimJobConfig:
         return self.state_bytes / self.bandwidth_bytes_per_s
 
 
+class CheckpointPolicy(Protocol):
+    @property
+    def foresees(self) -> bool:
+        """Takes requests and foresees losses (eclipse, thermal); without, only the interval counts."""
+        ...
+
+    def interval_s(self, estimator: IntervalEstimator) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DalyWithForesight:
+    foresees: bool = True
+
+    def interval_s(self, estimator: IntervalEstimator) -> float:
+        return estimator.interval_s()
+
+
+@dataclass(frozen=True, slots=True)
+class FixedInterval:
+    every_s: float
+    foresees: bool = False
+
+    def interval_s(self, estimator: IntervalEstimator) -> float:
+        return self.every_s
+
+
 @dataclass(frozen=True, slots=True)
 class Foresight:
     """What the controller knows this frame that makes a loss foreseeable."""
@@ -81,7 +111,7 @@ class SimJobManager:
     def __init__(
         self,
         *,
-        policy: str,
+        checkpoints: CheckpointPolicy,
         config: SimJobConfig,
         estimator_config: PolicyConfig,
         store: AsyncCheckpointStore | None,
@@ -89,7 +119,7 @@ class SimJobManager:
         event: Callable[..., None],
         spawn: Callable[[Coroutine[Any, Any, Any]], Any],
     ) -> None:
-        self.policy = policy
+        self.policy = checkpoints
         self.config = config
         self._store = store
         self._send_checkpoint = send_checkpoint
@@ -100,7 +130,9 @@ class SimJobManager:
         self.active = False
         self._n = 0
 
-    def reset(self, gpu_count: int) -> None:
+    def reset(self, gpu_count: int, *, board_keeps_checkpoints: bool) -> None:
+        """A new session: per-GPU state for ``gpu_count`` GPUs of a board that does (not) keep checkpoints."""
+        self.active = board_keeps_checkpoints
         n = self._n = gpu_count
         self._last_ckpt = np.full(n, math.nan)  # board time of the last finished checkpoint
         self._in_flight = np.full(n, math.nan)  # board time a requested checkpoint began
@@ -128,10 +160,8 @@ class SimJobManager:
     # --- per frame ------------------------------------------------------------------------
 
     def on_frame(self, sensor: Sensor, foresight: Foresight) -> None:
-        if not sensor.saved or len(sensor.saved) != self._n:
-            self.active = False  # the board keeps no checkpoints (first-order model, NVML)
-            return
-        self.active = True
+        if not self.active:
+            return  # the board declared no checkpoints (first-order model, NVML)
         self._t = t = sensor.t_board
         progress = np.asarray(sensor.progress)
         saved = np.asarray(sensor.saved)
@@ -190,7 +220,7 @@ class SimJobManager:
 
     def _decide(self, sensor: Sensor, foresight: Foresight, t: float) -> None:
         cfg = self.config
-        if self.policy == "umbra":
+        if self.policy.foresees:
             ecl = foresight.eclipse_in_s
             if ecl == ecl and 0.0 < ecl <= cfg.eclipse_lead_s + cfg.pause_s:
                 if self._eclipse_armed:
@@ -200,10 +230,9 @@ class SimJobManager:
                 self._eclipse_armed = True
             for hot in np.flatnonzero(foresight.hot):
                 self.request(int(hot), "heading for the thermal limit")
-            interval = self.estimator.interval_s()
         else:
-            interval = cfg.fixed_interval_s
-            self._want[:] = False  # the baseline has no foresight and takes no requests
+            self._want[:] = False  # no foresight, and no requests taken
+        interval = self.policy.interval_s(self.estimator)
         for gpu in range(self._n):
             if not math.isnan(float(self._in_flight[gpu])):
                 continue
@@ -238,7 +267,7 @@ class SimJobManager:
             "lost": [float(x) for x in self.lost],
             "checkpoints": [int(x) for x in self.checkpoints],
             "overhead_s": [float(x) for x in self.overhead_s],
-            "interval_s": est.interval_s if self.policy == "umbra" else self.config.fixed_interval_s,
+            "interval_s": self.policy.interval_s(self.estimator),
             "mtbf_s": est.mtbf_s,
             "cost_s": est.cost_s,
         }

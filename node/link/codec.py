@@ -12,10 +12,11 @@ the next 0x00 and never raises on input.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from cobs import cobs
@@ -31,22 +32,31 @@ _CRC_LEN = 4
 MAX_ENCODED = MAX_BODY + _CRC_LEN + (MAX_BODY + _CRC_LEN) // 254 + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded frame: the envelope around a message."""
+class Frame(NamedTuple):
+    """One decoded frame: the envelope around a message (a tuple: built once per frame)."""
 
     version: int
     seq: int
     message: Message
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """One msgpack Packer per thread (a Packer is not thread-safe; making one per call costs)."""
+    try:
+        packer: msgpack.Packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
 def encode_body(message: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
     """The msgpack body of a frame (no CRC, no COBS)."""
     if not 0 <= seq <= UINT32_MAX:
         raise LocalProtocolError(f"sequence number {seq} outside uint32")
-    body: bytes = msgpack.packb(
-        [version, int(message.TYPE), seq, message.payload()], use_bin_type=True
-    )
+    body: bytes = _packer().pack((version, message.TYPE.value, seq, message.payload()))
     if len(body) > MAX_BODY:
         raise LocalProtocolError(f"{type(message).__name__} body is {len(body)} B > {MAX_BODY}")
     return body
@@ -54,7 +64,8 @@ def encode_body(message: Message, seq: int, version: int = PROTOCOL_VERSION) -> 
 
 def frame_from_body(body: bytes) -> bytes:
     """Wire bytes for a msgpack body: CRC-32, COBS, delimiter (also for deliberately bad bodies)."""
-    return bytes(cobs.encode(body + zlib.crc32(body).to_bytes(4, "little"))) + DELIMITER
+    encoded: bytes = cobs.encode(body + zlib.crc32(body).to_bytes(4, "little"))
+    return encoded + DELIMITER
 
 
 def encode_frame(message: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
@@ -76,22 +87,30 @@ def decode_frame(encoded: bytes) -> Frame:
         raise RemoteProtocolError(f"bad COBS: {exc}", reason="cobs") from None
     if len(raw) <= _CRC_LEN:
         raise RemoteProtocolError(f"frame of {len(raw)} B is too short", reason="decode")
-    body, trailer = raw[:-_CRC_LEN], raw[-_CRC_LEN:]
-    if len(body) > MAX_BODY:
-        raise RemoteProtocolError(f"body of {len(body)} B exceeds {MAX_BODY}", reason="oversize")
-    if zlib.crc32(body) != int.from_bytes(trailer, "little"):
+    size = len(raw) - _CRC_LEN
+    if size > MAX_BODY:
+        raise RemoteProtocolError(f"body of {size} B exceeds {MAX_BODY}", reason="oversize")
+    body = raw[:size]
+    if zlib.crc32(body) != int.from_bytes(raw[size:], "little"):
         raise RemoteProtocolError("CRC mismatch", reason="crc")
     try:
-        envelope: Any = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        return _decode_body(body)
+    except RemoteProtocolError as exc:
+        exc.whole = True  # the CRC matched: whoever sent it is alive, it only sent nonsense
+        raise
+
+
+def _decode_body(body: bytes) -> Frame:
+    try:
+        # Arrays as tuples: messages keep tuples, and the compiled decoders expect them.
+        envelope: Any = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=False)
     except Exception as exc:  # msgpack raises a zoo of types on garbage
         raise RemoteProtocolError(f"body is not msgpack: {exc}", reason="decode") from None
-    if not (
-        isinstance(envelope, list)
-        and len(envelope) == 4
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in envelope[:3])
-    ):
+    if type(envelope) is not tuple or len(envelope) != 4:
         raise RemoteProtocolError("envelope is not [version, type, seq, payload]", reason="decode")
     version, type_code, seq, payload = envelope
+    if not (type(version) is int and type(type_code) is int and type(seq) is int):
+        raise RemoteProtocolError("envelope is not [version, type, seq, payload]", reason="decode")
     if version != PROTOCOL_VERSION:
         raise RemoteProtocolError(f"protocol version {version} not spoken", reason="version")
     if not 0 <= seq <= UINT32_MAX:
@@ -123,16 +142,21 @@ class FrameDecoder:
     _discarding: bool = False  # inside an oversize run: drop until the next delimiter
     #: The last rejected frame's error, for logs.
     last_error: RemoteProtocolError | None = None
+    #: Errors of rejected frames not yet taken by the caller (``take_rejected``), bounded.
+    rejected: deque[RemoteProtocolError] = field(default_factory=lambda: deque(maxlen=64))
 
     def feed(self, data: bytes) -> None:
         start = 0
         while True:
-            end = data.find(DELIMITER, start)
+            end = data.find(0, start)
             if end < 0:
                 self._accumulate(data[start:])
                 return
-            self._accumulate(data[start:end])
-            self._end_of_frame()
+            if self._buffer or self._discarding:
+                self._accumulate(data[start:end])
+                self._end_of_frame()
+            elif end > start:  # a whole frame inside this chunk: no copy through the buffer
+                self._frame(data[start:end])
             start = end + 1
 
     def _accumulate(self, chunk: bytes) -> None:
@@ -158,6 +182,13 @@ class FrameDecoder:
             return  # back-to-back delimiters are legal padding
         encoded = bytes(self._buffer)
         self._buffer.clear()
+        self._frame(encoded)
+
+    def _frame(self, encoded: bytes) -> None:
+        if len(encoded) > MAX_ENCODED:  # one oversize run, as if it had been buffered
+            self.stats.bytes_dropped += len(encoded) + 1
+            self.stats.oversize += 1
+            return
         try:
             frame = decode_frame(encoded)
         except RemoteProtocolError as exc:
@@ -169,6 +200,7 @@ class FrameDecoder:
                 self.stats.oversize += 1
             else:
                 self.stats.decode_errors += 1
+            self.rejected.append(exc)
             return
         self.stats.frames += 1
         self._frames.append(frame)
@@ -176,6 +208,12 @@ class FrameDecoder:
     def next_frame(self) -> Frame | None:
         """The next complete, valid frame, or None when more bytes are needed."""
         return self._frames.popleft() if self._frames else None
+
+    def take_rejected(self) -> list[RemoteProtocolError]:
+        """Why frames were rejected since the last call (oldest first, at most 64 kept)."""
+        out = list(self.rejected)
+        self.rejected.clear()
+        return out
 
     def frames(self) -> list[Frame]:
         """Every frame decoded so far, oldest first."""

@@ -5,6 +5,23 @@ only at the edge: :meth:`Message.payload` gives the msgpack-ready map and
 :func:`message_from_payload` turns a decoded map back into a message, raising
 :class:`~node.errors.RemoteProtocolError` for anything the peer got wrong.  Building a
 bad message in our own code raises :class:`~node.errors.LocalProtocolError` instead.
+
+Each field is declared once, with its wire kind (type and range) and unit::
+
+    t_board: float = wire(Float(0.0, 1e10), unit="s")
+
+and :func:`message` turns the class into a frozen slots dataclass and derives everything
+else from those declarations: ``FIELDS`` (name → kind), ``UNITS``, the payload map, the
+validation and a compiled decoder.
+
+Speed (issue #13: a SENSOR frame arrives ten times a second of board time, up to a few
+thousand a second in a fast HIL run).  The generic path — every kind's ``check`` in a
+loop, then the dataclass ``__init__`` — costs ~5× a bare ``msgpack.unpackb``.  So each
+class also gets generated code that accepts, in straight-line comparisons, exactly the
+values that need no coercion (floats that are floats, ints that are ints, in range) and
+builds the instance without ``__init__``; anything else — an int in a float field, a bad
+value, a missing key — falls back to the generic path, which coerces or raises the
+precise error.  ``tests/test_codec_properties.py`` checks that both paths agree.
 """
 
 from __future__ import annotations
@@ -12,9 +29,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from node.errors import LocalProtocolError, RemoteProtocolError
 
@@ -64,11 +81,21 @@ class SensorFlag(enum.IntFlag):
     HW_SLOWDOWN = 0x04  # at least one GPU is in hardware thermal slowdown
 
 
+class BoardFeature(enum.IntFlag):
+    """Bits of ``HelloAck.features``: what the board declares it serves (ICD §4.2)."""
+
+    CHECKPOINTS = 0x01  # CHECKPOINT / RESTORE, and SENSOR ``saved`` and ``ckpt``
+    LOCKSTEP = 0x02  # HIL ``time.lockstep``: SENSOR frames wait for STEP_DONE
+
+
 # --- field kinds --------------------------------------------------------------------------
-# Each kind checks a value built locally and coerces a value decoded from the wire.
+# Each kind checks a value built locally (``check``: None or the problem), coerces a value
+# decoded from the wire (``from_wire``), and writes the source of a fast acceptance test
+# (``fast``: a boolean expression over a variable, true only for a value that is valid
+# as it is).  A kind may leave ``fast`` to the generic path by returning "False".
 
 
-class _Kind:
+class Kind:
     name = "value"
 
     def check(self, value: Any) -> str | None:  # pragma: no cover - overridden
@@ -77,9 +104,22 @@ class _Kind:
     def from_wire(self, value: Any) -> Any:
         return value
 
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        return "False"
+
+    def describe(self) -> str:
+        return self.name
+
+
+def _const(consts: dict[str, Any], value: Any) -> str:
+    """A name for ``value`` in the generated code's globals (exact floats, no repr games)."""
+    name = f"_c{len(consts)}"
+    consts[name] = value
+    return name
+
 
 @dataclass(frozen=True)
-class _Int(_Kind):
+class Int(Kind):
     lo: int
     hi: int
     name = "integer"
@@ -91,13 +131,22 @@ class _Int(_Kind):
             return f"{value} outside [{self.lo}, {self.hi}]"
         return None
 
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        return f"(type({var}) is int and {self.lo} <= {var} <= {self.hi})"
+
+    def describe(self) -> str:
+        return f"int {self.lo} … {self.hi}"
+
 
 @dataclass(frozen=True)
-class _Bool(_Kind):
+class Bool(Kind):
     name = "boolean"
 
     def check(self, value: Any) -> str | None:
         return None if isinstance(value, bool) else f"expected a boolean, got {type(value).__name__}"
+
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        return f"(type({var}) is bool)"
 
 
 def _check_float(value: Any, lo: float, hi: float, allow_nan: bool) -> str | None:
@@ -118,9 +167,9 @@ def _to_float(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class _Float(_Kind):
-    lo: float = -math.inf
-    hi: float = math.inf
+class Float(Kind):
+    lo: float
+    hi: float
     allow_nan: bool = False
     name = "float"
 
@@ -130,9 +179,19 @@ class _Float(_Kind):
     def from_wire(self, value: Any) -> Any:
         return _to_float(value)
 
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        lo, hi = _const(consts, self.lo), _const(consts, self.hi)
+        within = f"{lo} <= {var} <= {hi}"
+        if self.allow_nan:
+            within = f"({within} or {var} != {var})"
+        return f"(type({var}) is float and {within})"
+
+    def describe(self) -> str:
+        return f"float {self.lo:g} … {self.hi:g}" + (", NaN allowed" if self.allow_nan else "")
+
 
 @dataclass(frozen=True)
-class _Str(_Kind):
+class Str(Kind):
     max_len: int = MAX_NAME_LEN
     name = "string"
 
@@ -145,20 +204,29 @@ class _Str(_Kind):
             return "contains unprintable characters"
         return None
 
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        return f"(type({var}) is str and 1 <= len({var}) <= {self.max_len} and {var}.isprintable())"
+
 
 @dataclass(frozen=True)
-class _FloatList(_Kind):
+class FloatArray(Kind):
+    """A per-GPU array of floats: 1 … MAX_GPUS items (0 … when ``allow_empty``)."""
+
     lo: float
     hi: float
     allow_nan: bool = False
     allow_empty: bool = False  # optional per-GPU fields: empty means "not reported"
     name = "array of floats"
 
+    @property
+    def min_len(self) -> int:
+        return 0 if self.allow_empty else 1
+
     def check(self, value: Any) -> str | None:
         if not isinstance(value, tuple):
             return f"expected a tuple of floats, got {type(value).__name__}"
-        if not (0 if self.allow_empty else 1) <= len(value) <= MAX_GPUS:
-            return f"length {len(value)} outside [{0 if self.allow_empty else 1}, {MAX_GPUS}]"
+        if not self.min_len <= len(value) <= MAX_GPUS:
+            return f"length {len(value)} outside [{self.min_len}, {MAX_GPUS}]"
         for i, item in enumerate(value):
             problem = _check_float(item, self.lo, self.hi, self.allow_nan)
             if problem:
@@ -170,25 +238,14 @@ class _FloatList(_Kind):
             return tuple(_to_float(v) for v in value)
         return value
 
-
-# HIL values are a float or a list of floats (per GPU).
-@dataclass(frozen=True)
-class _HilValue(_Kind):
-    name = "float or array of floats"
-
-    def check(self, value: Any) -> str | None:
-        if isinstance(value, float):
-            return _check_float(value, -1e12, 1e12, allow_nan=True)
-        return _FloatList(-1e12, 1e12, allow_nan=True).check(value)
-
-    def from_wire(self, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            return tuple(_to_float(v) for v in value)
-        return _to_float(value)
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        # Only the shape: the items of all arrays of a message are checked together, in a
+        # few C loops over their concatenation (``_array_tests``).
+        return f"(type({var}) is tuple and {self.min_len} <= len({var}) <= {MAX_GPUS})"
 
 
 @dataclass(frozen=True)
-class _IntList(_Kind):
+class IntArray(Kind):
     lo: int
     hi: int
     name = "array of integers"
@@ -208,29 +265,76 @@ class _IntList(_Kind):
     def from_wire(self, value: Any) -> Any:
         return tuple(value) if isinstance(value, list | tuple) else value
 
+    def fast(self, var: str, consts: dict[str, Any]) -> str:
+        return (
+            f"(type({var}) is tuple and len({var}) <= {MAX_GPUS} and (not {var} or "
+            f"({{*map(type, {var})}} == _INTS and {self.lo} <= min({var}) and max({var}) <= {self.hi})))"
+        )
 
-_U32 = _Int(0, UINT32_MAX)
-_VERSION = _Int(0, 255)
+
+@dataclass(frozen=True)
+class HilNumber(Kind):
+    """A HIL value: a float, or one float per GPU (NaN allowed by the message)."""
+
+    name = "float or array of floats"
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, float):
+            return _check_float(value, -1e12, 1e12, allow_nan=True)
+        return FloatArray(-1e12, 1e12, allow_nan=True).check(value)
+
+    def from_wire(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(_to_float(v) for v in value)
+        return _to_float(value)
+
+
+U32 = Int(0, UINT32_MAX)
+VERSION = Int(0, 255)
+
+
+def wire(kind: Kind, *, default: Any = dataclasses.MISSING, unit: str = "", kw_only: bool = False) -> Any:
+    """Declare a message field: its wire kind (type and range), unit and default.
+
+    Fields are declared in canonical (wire) order; a field with a default that comes before
+    a required one (HELLO_ACK's versions) is ``kw_only`` in the constructor.
+    """
+    return dataclasses.field(default=default, kw_only=kw_only, metadata={"kind": kind, "unit": unit})
 
 
 # --- messages -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """Base of every serial message.  Subclasses set TYPE, RELIABLE and FIELDS."""
+    """Base of every serial message; subclasses are made by :func:`message`.
+
+    A plain class (not a dataclass) so that it contributes no ``__setattr__``: the compiled
+    decoder fills a twin of each message class and hands the instance over by class
+    assignment, which needs a base whose instances accept plain slot stores.
+    """
+
+    __slots__ = ()
 
     TYPE: ClassVar[MsgType]
     #: Reliable messages are acknowledged and retransmitted; the rest are best-effort.
     RELIABLE: ClassVar[bool] = False
-    FIELDS: ClassVar[Mapping[str, _Kind]] = {}
+    #: name → wire kind, in canonical (ICD table) order; derived from the declarations.
+    FIELDS: ClassVar[Mapping[str, Kind]] = {}
+    UNITS: ClassVar[Mapping[str, str]] = {}
+    _fast_valid: ClassVar[Callable[..., bool]]
+    _decode: ClassVar[Callable[[dict[str, Any]], Message]]
+    _payload: ClassVar[Callable[[Message], dict[str, Any]]]
 
     def __post_init__(self) -> None:
+        if not type(self)._fast_valid(*(getattr(self, name) for name in self.FIELDS)):
+            self._check_fields()
+        self._check_consistency()
+
+    def _check_fields(self) -> None:
         for name, kind in self.FIELDS.items():
             problem = kind.check(getattr(self, name))
             if problem:
                 raise LocalProtocolError(f"{type(self).__name__}.{name}: {problem}")
-        self._check_consistency()
 
     def _check_consistency(self) -> None:
         """Cross-field rules; raise LocalProtocolError."""
@@ -244,12 +348,117 @@ class Message:
         return None
 
     def payload(self) -> dict[str, Any]:
-        """The msgpack-ready payload map (tuples become arrays)."""
-        return {
-            name: list(value) if isinstance(value, tuple) else value
-            for name in self.FIELDS
-            for value in (getattr(self, name),)
+        """The msgpack-ready payload map, keys in canonical order (tuples pack as arrays)."""
+        return type(self)._payload(self)
+
+
+_M = TypeVar("_M", bound=type[Message])
+_FLOATS = frozenset({float})
+_INTS = frozenset({int})
+
+
+def _array_tests(arrays: dict[str, FloatArray], consts: dict[str, Any]) -> list[str]:
+    """Fast tests of the items of every float array of a message, in a few C loops.
+
+    One type set over all items (min and max of mixed types would raise, and an int or a
+    bool must go the generic way).  Then, per group of arrays sharing a bound, one min or
+    max.  NaN slips past min and max, so one sum over the arrays that forbid it catches
+    it (a NaN makes the sum NaN); arrays that allow it are bounded with a sentinel first
+    (``min((hi,) + a)`` skips NaN items, whose comparisons are false).
+    """
+    if not arrays:
+        return []
+    var = {n: f"f_{n}" for n in arrays}
+    tests = ["{*map(type, " + " + ".join(var.values()) + ")} <= _FLOATS"]
+    strict = [n for n, k in arrays.items() if not k.allow_nan]
+    for n, k in arrays.items():
+        if k.allow_nan:
+            lo, hi = _const(consts, k.lo), _const(consts, k.hi)
+            tests.append(f"{lo} <= min(({hi},) + {var[n]}) and max(({lo},) + {var[n]}) <= {hi}")
+    for bound, pick, op in (("lo", min, "<="), ("hi", max, ">=")):
+        groups: dict[float, list[str]] = {}
+        for n in strict:
+            groups.setdefault(getattr(arrays[n], bound), []).append(var[n])
+        for value, members in groups.items():
+            const = _const(consts, value)
+            # The bound itself as a sentinel: min/max of an empty concatenation would raise.
+            tests.append(f"{const} {op} {pick.__name__}(({const},) + " + " + ".join(members) + ")")
+    if strict:
+        tests.append("(_s := sum(" + " + ".join(var[n] for n in strict) + ")) == _s")
+    return tests
+
+
+def _fast_source(cls: type[Message], consts: dict[str, Any]) -> tuple[str, str]:
+    """Source of ``_fast_valid(<fields>)`` and ``_decode(payload)`` for ``cls``."""
+    names = list(cls.FIELDS)
+    args = ", ".join(f"f_{n}" for n in names)
+    arrays = {n: k for n, k in cls.FIELDS.items() if isinstance(k, FloatArray)}
+    tests = [cls.FIELDS[n].fast(f"f_{n}", consts) for n in names] + _array_tests(arrays, consts)
+    valid = f"def _fast_valid({args}):\n    return (\n        " + ("\n        and ".join(tests) if tests else "True") + "\n    )\n"
+    lines = ["def _decode(p):", "    get = p.get"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = "_MISSING" if f.default is dataclasses.MISSING else _const(consts, f.default)
+        lines.append(f"    f_{f.name} = get({f.name!r}, {default})")
+    # A missing required key is _MISSING, which no fast test accepts: the generic path says so.
+    lines.append(f"    if not _fast_valid({args}):")
+    lines.append("        return _generic(_cls, p)")
+    lines.append("    obj = _new(_Twin)")
+    lines.extend(f"    obj.{n} = f_{n}" for n in names)
+    lines.append("    obj.__class__ = _cls")
+    lines.append("    try:")
+    lines.append("        obj._check_consistency()")
+    lines.append("    except LocalProtocolError as exc:")
+    lines.append("        raise RemoteProtocolError(str(exc), reason='invalid_value') from None")
+    lines.append("    return obj")
+    return valid, "\n".join(lines) + "\n"
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(wire,))
+def message(type_code: MsgType, *, reliable: bool = False) -> Callable[[_M], _M]:
+    """Class decorator: a frozen slots dataclass whose schema is its field declarations."""
+
+    def decorate(cls: _M) -> _M:
+        cls.TYPE = type_code
+        cls.RELIABLE = reliable
+        made: Any = dataclass(frozen=True, slots=True)(cls)
+        fields = dataclasses.fields(made)
+        made.FIELDS = {f.name: f.metadata["kind"] for f in fields}
+        made.UNITS = {f.name: f.metadata["unit"] for f in fields}
+        names = tuple(made.FIELDS)
+        twin = type(f"_{made.__name__}Twin", (Message,), {"__slots__": names})
+        consts: dict[str, Any] = {}
+        valid_src, decode_src = _fast_source(made, consts)
+        payload_src = "def _payload(self):\n    return {" + ", ".join(f"{n!r}: self.{n}" for n in names) + "}\n"
+        scope: dict[str, Any] = {
+            **consts, "_FLOATS": _FLOATS, "_INTS": _INTS, "_MISSING": _MISSING,
+            "_generic": _decode_generic, "_new": object.__new__, "_Twin": twin, "_cls": made,
+            "LocalProtocolError": LocalProtocolError, "RemoteProtocolError": RemoteProtocolError,
         }
+        made._source = valid_src + decode_src + payload_src  # for a reader who wants to see it
+        exec(made._source, scope)
+        made._fast_valid = staticmethod(scope["_fast_valid"])
+        made._decode = staticmethod(scope["_decode"])
+        made._payload = scope["_payload"]
+        return made  # type: ignore[no-any-return]
+
+    return decorate
+
+
+_MISSING = object()  # a required key the payload lacks: no fast test accepts it
+
+
+def _decode_generic(cls: type[Message], payload: dict[str, Any]) -> Message:
+    """The reference decoder: coerce each field by its kind, build, validate (slow, precise)."""
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in payload:
+            kwargs[field.name] = cls.FIELDS[field.name].from_wire(payload[field.name])
+        elif field.default is dataclasses.MISSING:
+            raise RemoteProtocolError(f"{cls.__name__}: missing field {field.name!r}")
+    try:
+        return cls(**kwargs)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(str(exc), reason="invalid_value") from None
 
 
 def _same_lengths(msg: Message, names: tuple[str, ...]) -> None:
@@ -260,135 +469,97 @@ def _same_lengths(msg: Message, names: tuple[str, ...]) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HELLO)
 class Hello(Message):
     """Node → board: open a session and offer a range of protocol versions."""
 
-    TYPE = MsgType.HELLO
-    FIELDS = {"node_id": _Str(), "min_version": _VERSION, "max_version": _VERSION}
-    node_id: str
-    min_version: int = SUPPORTED_VERSIONS[0]
-    max_version: int = SUPPORTED_VERSIONS[1]
+    node_id: str = wire(Str())
+    min_version: int = wire(VERSION, default=SUPPORTED_VERSIONS[0])
+    max_version: int = wire(VERSION, default=SUPPORTED_VERSIONS[1])
 
     def _check_consistency(self) -> None:
         if self.min_version > self.max_version or self.min_version < 1:
             raise LocalProtocolError("Hello: need 1 <= min_version <= max_version")
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HELLO_ACK)
 class HelloAck(Message):
     """Board → node: the chosen version (0: none in common) and what the board is."""
 
-    TYPE = MsgType.HELLO_ACK
-    FIELDS = {
-        "version": _VERSION,
-        "min_version": _VERSION,
-        "max_version": _VERSION,
-        "board_id": _Str(),
-        "fw_version": _Str(),
-        "gpu_count": _Int(1, MAX_GPUS),
-        "cap_min_w": _Float(*POWER_RANGE_W),
-        "cap_max_w": _Float(*POWER_RANGE_W),
-        "sensor_rate_hz": _Float(0.01, 1000.0),
-        "watchdog_s": _Float(0.1, 3600.0),
-    }
-    version: int
-    board_id: str
-    fw_version: str
-    gpu_count: int
-    cap_min_w: float
-    cap_max_w: float
-    sensor_rate_hz: float
-    watchdog_s: float
-    min_version: int = SUPPORTED_VERSIONS[0]
-    max_version: int = SUPPORTED_VERSIONS[1]
+    version: int = wire(VERSION)
+    min_version: int = wire(VERSION, default=SUPPORTED_VERSIONS[0], kw_only=True)
+    max_version: int = wire(VERSION, default=SUPPORTED_VERSIONS[1], kw_only=True)
+    board_id: str = wire(Str())
+    fw_version: str = wire(Str())
+    gpu_count: int = wire(Int(1, MAX_GPUS))
+    cap_min_w: float = wire(Float(*POWER_RANGE_W), unit="W")
+    cap_max_w: float = wire(Float(*POWER_RANGE_W), unit="W")
+    sensor_rate_hz: float = wire(Float(0.01, 1000.0), unit="Hz")
+    watchdog_s: float = wire(Float(0.1, 3600.0), unit="s")
+    #: BoardFeature bits; 0 from a board that declares nothing (checkpoints, lockstep off).
+    features: int = wire(U32, default=0, kw_only=True)
 
     def _check_consistency(self) -> None:
         if self.cap_min_w > self.cap_max_w:
             raise LocalProtocolError("HelloAck: cap_min_w must not exceed cap_max_w")
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HEARTBEAT)
 class Heartbeat(Message):
     """Either direction: I am alive.  Best-effort; a node sends one at least every second."""
 
-    TYPE = MsgType.HEARTBEAT
-    FIELDS = {"uptime_s": _Float(0.0, 1e10)}
-    uptime_s: float
+    uptime_s: float = wire(Float(0.0, 1e10), unit="s")
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.STEP_DONE)
 class StepDone(Message):
     """Node → board: done with the SENSOR frame of board time ``t_board`` (lockstep).  Best-effort."""
 
-    TYPE = MsgType.STEP_DONE
-    FIELDS = {"t_board": _Float(0.0, 1e10)}
-    t_board: float
+    t_board: float = wire(Float(0.0, 1e10), unit="s")
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.SENSOR)
 class Sensor(Message):
     """Board → node: one sensor frame.  Best-effort; loss is counted by sequence number."""
 
-    TYPE = MsgType.SENSOR
-    FIELDS = {
-        "t_board": _Float(0.0, 1e10),
-        "utc": _Float(0.0, 1e11),
-        "temp_c": _FloatList(*TEMP_RANGE_C, allow_nan=True),
-        "power_w": _FloatList(*POWER_RANGE_W),
-        "cap_w": _FloatList(*POWER_RANGE_W),
-        "progress": _FloatList(0.0, 1e18),
-        "rails": _U32,
-        "solar_w": _Float(0.0, 1e6),
-        "battery_soc": _Float(0.0, 1.0),
-        "radiator_c": _Float(*TEMP_RANGE_C, allow_nan=True),
-        "flags": _U32,
-        "rx_errors": _U32,
-        # Optional fields (ICD §4.4): older senders leave them out and receivers default them.
-        "battery_wh": _Float(-1.0, 1e7),
-        "battery_capacity_wh": _Float(-1.0, 1e7),
-        "bus_v": _Float(-1.0, 1e4),
-        "avionics_w": _Float(-1.0, POWER_RANGE_W[1]),
-        "orbit_period_s": _Float(-1.0, 1e7),
-        "eclipse_in_s": _Float(-1.0, 1e7),
-        "sun_in_s": _Float(-1.0, 1e7),
-        "xid": _IntList(0, UINT32_MAX),
-        "gpu_ok": _U32,
-        "slowdown": _U32,
-        "saved": _FloatList(0.0, 1e18, allow_empty=True),
-        "ckpt": _U32,
-    }
-    t_board: float
-    utc: float
-    temp_c: tuple[float, ...]
-    power_w: tuple[float, ...]
-    cap_w: tuple[float, ...]
-    progress: tuple[float, ...]
-    rails: int
-    solar_w: float
-    battery_soc: float
-    radiator_c: float
-    flags: int = 0
-    rx_errors: int = 0
+    t_board: float = wire(Float(0.0, 1e10), unit="s")
+    utc: float = wire(Float(0.0, 1e11), unit="s")
+    temp_c: tuple[float, ...] = wire(FloatArray(*TEMP_RANGE_C, allow_nan=True), unit="°C")
+    power_w: tuple[float, ...] = wire(FloatArray(*POWER_RANGE_W), unit="W")
+    cap_w: tuple[float, ...] = wire(FloatArray(*POWER_RANGE_W), unit="W")
+    progress: tuple[float, ...] = wire(FloatArray(0.0, 1e18), unit="work units")
+    rails: int = wire(U32)
+    solar_w: float = wire(Float(0.0, 1e6), unit="W")
+    battery_soc: float = wire(Float(0.0, 1.0), unit="1")
+    radiator_c: float = wire(Float(*TEMP_RANGE_C, allow_nan=True), unit="°C")
+    flags: int = wire(U32, default=0)
+    rx_errors: int = wire(U32, default=0)
+    # Optional fields (ICD §4.4): older senders leave them out and receivers default them;
     # -1.0 in the optional float fields: not reported.
-    battery_wh: float = -1.0  # energy stored in the battery, Wh
-    battery_capacity_wh: float = -1.0  # its present capacity, Wh
-    bus_v: float = -1.0  # power bus voltage, V
-    avionics_w: float = -1.0  # avionics base load, W
-    orbit_period_s: float = -1.0  # orbital period, board seconds
-    eclipse_in_s: float = -1.0  # to the next eclipse entry; 0 in eclipse; -1 none ahead
-    sun_in_s: float = -1.0  # to the next eclipse exit (sun returns); 0 in sunlight
-    xid: tuple[int, ...] = ()  # Xid error counter per GPU since board boot (empty: not reported)
-    gpu_ok: int = UINT32_MAX  # bit i: GPU i is on the bus (not dropped out)
-    slowdown: int = 0  # bit i: GPU i is in hardware thermal slowdown
-    saved: tuple[float, ...] = ()  # progress the last finished checkpoint kept, per GPU (empty: not reported)
-    ckpt: int = 0  # bit i: GPU i is checkpointing (its work paused)
+    battery_wh: float = wire(Float(-1.0, 1e7), default=-1.0, unit="Wh")
+    battery_capacity_wh: float = wire(Float(-1.0, 1e7), default=-1.0, unit="Wh")
+    bus_v: float = wire(Float(-1.0, 1e4), default=-1.0, unit="V")
+    avionics_w: float = wire(Float(-1.0, POWER_RANGE_W[1]), default=-1.0, unit="W")
+    orbit_period_s: float = wire(Float(-1.0, 1e7), default=-1.0, unit="s")
+    #: to the next eclipse entry; 0 in eclipse; -1 none ahead
+    eclipse_in_s: float = wire(Float(-1.0, 1e7), default=-1.0, unit="s")
+    #: to the next eclipse exit (sun returns); 0 in sunlight
+    sun_in_s: float = wire(Float(-1.0, 1e7), default=-1.0, unit="s")
+    #: Xid error counter per GPU since board boot (empty: not reported)
+    xid: tuple[int, ...] = wire(IntArray(0, UINT32_MAX), default=(), unit="count")
+    gpu_ok: int = wire(U32, default=UINT32_MAX)  # bit i: GPU i is on the bus (not dropped out)
+    slowdown: int = wire(U32, default=0)  # bit i: GPU i is in hardware thermal slowdown
+    #: progress the last finished checkpoint kept, per GPU (empty: not reported)
+    saved: tuple[float, ...] = wire(FloatArray(0.0, 1e18, allow_empty=True), default=(), unit="work units")
+    ckpt: int = wire(U32, default=0)  # bit i: GPU i is checkpointing (its work paused)
 
     def _check_consistency(self) -> None:
-        _same_lengths(self, ("temp_c", "power_w", "cap_w", "progress"))
-        if self.xid and len(self.xid) != len(self.temp_c):
+        n = len(self.temp_c)
+        if not len(self.power_w) == len(self.cap_w) == len(self.progress) == n:
+            _same_lengths(self, ("temp_c", "power_w", "cap_w", "progress"))
+        if self.xid and len(self.xid) != n:
             raise LocalProtocolError("Sensor: xid must be empty or have one counter per GPU")
-        if self.saved and len(self.saved) != len(self.temp_c):
+        if self.saved and len(self.saved) != n:
             raise LocalProtocolError("Sensor: saved must be empty or have one value per GPU")
 
     @property
@@ -396,46 +567,36 @@ class Sensor(Message):
         return len(self.temp_c)
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.SET_CAPS, reliable=True)
 class SetCaps(Message):
     """Node → board: the power cap of every GPU.  Reliable; the newest one wins."""
 
-    TYPE = MsgType.SET_CAPS
-    RELIABLE = True
-    FIELDS = {"cap_w": _FloatList(*POWER_RANGE_W)}
-    cap_w: tuple[float, ...]
+    cap_w: tuple[float, ...] = wire(FloatArray(*POWER_RANGE_W), unit="W")
 
     def supersede_key(self) -> object | None:
         return MsgType.SET_CAPS
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.SET_RAIL, reliable=True)
 class SetRail(Message):
     """Node → board: switch one GPU's power rail.  Reliable."""
 
-    TYPE = MsgType.SET_RAIL
-    RELIABLE = True
-    FIELDS = {"gpu": _Int(0, MAX_GPUS - 1), "on": _Bool()}
-    gpu: int
-    on: bool
+    gpu: int = wire(Int(0, MAX_GPUS - 1))
+    on: bool = wire(Bool())
 
     def supersede_key(self) -> object | None:
         return (MsgType.SET_RAIL, self.gpu)
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.RESET_BOARD, reliable=True)
 class ResetBoard(Message):
     """Node → board: reboot the board (board time restarts at 0; the node re-handshakes).  Reliable."""
-
-    TYPE = MsgType.RESET_BOARD
-    RELIABLE = True
-    FIELDS: ClassVar[Mapping[str, _Kind]] = {}
 
     def supersede_key(self) -> object | None:
         return MsgType.RESET_BOARD
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.CHECKPOINT, reliable=True)
 class Checkpoint(Message):
     """Node → board: checkpoint GPU ``gpu``'s job.  Reliable.
 
@@ -444,72 +605,57 @@ class Checkpoint(Message):
     keeps the progress it had when the pause began (SENSOR ``saved``).
     """
 
-    TYPE = MsgType.CHECKPOINT
-    RELIABLE = True
-    FIELDS = {"gpu": _Int(0, MAX_GPUS - 1), "pause_s": _Float(0.0, 3600.0)}
-    gpu: int
-    pause_s: float
+    gpu: int = wire(Int(0, MAX_GPUS - 1))
+    pause_s: float = wire(Float(0.0, 3600.0), unit="s")
 
     def supersede_key(self) -> object | None:
         return (MsgType.CHECKPOINT, self.gpu)
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.RESTORE, reliable=True)
 class Restore(Message):
     """Node → board: GPU ``gpu``'s job resumes from ``progress`` (a verified checkpoint).  Reliable."""
 
-    TYPE = MsgType.RESTORE
-    RELIABLE = True
-    FIELDS = {"gpu": _Int(0, MAX_GPUS - 1), "progress": _Float(0.0, 1e18)}
-    gpu: int
-    progress: float
+    gpu: int = wire(Int(0, MAX_GPUS - 1))
+    progress: float = wire(Float(0.0, 1e18), unit="work units")
 
     def supersede_key(self) -> object | None:
         return (MsgType.RESTORE, self.gpu)
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.ACK)
 class Ack(Message):
     """Either direction: the reliable frame ``ack_seq`` arrived; ``status`` says how it went."""
 
-    TYPE = MsgType.ACK
-    FIELDS = {"ack_seq": _Int(1, UINT32_MAX), "status": _Int(0, 255)}
-    ack_seq: int
-    status: int = AckStatus.OK
+    ack_seq: int = wire(Int(1, UINT32_MAX))
+    status: int = wire(Int(0, 255), default=int(AckStatus.OK))
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HIL_SET, reliable=True)
 class HilSet(Message):
     """Harness → board (HIL port): set a simulation parameter.  Reliable."""
 
-    TYPE = MsgType.HIL_SET
-    RELIABLE = True
-    FIELDS = {"name": _Str(), "value": _HilValue()}
-    name: str
-    value: float | tuple[float, ...]
+    name: str = wire(Str())
+    value: float | tuple[float, ...] = wire(HilNumber())
 
     def supersede_key(self) -> object | None:
         return (MsgType.HIL_SET, self.name)
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HIL_GET)
 class HilGet(Message):
     """Harness → board (HIL port): ask for a value; answered by HIL_VALUE.  Best-effort."""
 
-    TYPE = MsgType.HIL_GET
-    FIELDS = {"name": _Str()}
-    name: str
+    name: str = wire(Str())
 
 
-@dataclass(frozen=True, slots=True)
+@message(MsgType.HIL_VALUE)
 class HilValue(Message):
     """Board → harness (HIL port): a value asked for (``ref`` is the request's sequence)."""
 
-    TYPE = MsgType.HIL_VALUE
-    FIELDS = {"name": _Str(), "value": _HilValue(), "ref": _U32}
-    name: str
-    value: float | tuple[float, ...]
-    ref: int = 0
+    name: str = wire(Str())
+    value: float | tuple[float, ...] = wire(HilNumber())
+    ref: int = wire(U32, default=0)
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
@@ -525,7 +671,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 def message_from_payload(type_code: int, payload: Any) -> Message:
     """Build a message from a decoded wire payload; the peer's mistakes raise RemoteProtocolError.
 
-    Unknown payload keys are ignored (a newer minor revision may add fields); missing
+    Unknown payload keys are ignored (a later minor revision may add fields); missing
     ones without a default are errors.
     """
     cls = MESSAGE_TYPES.get(type_code)
@@ -533,13 +679,4 @@ def message_from_payload(type_code: int, payload: Any) -> Message:
         raise RemoteProtocolError(f"unknown message type 0x{type_code:02x}", reason="unknown_type")
     if not isinstance(payload, dict):
         raise RemoteProtocolError(f"{cls.__name__}: payload is not a map", reason="decode")
-    kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if field.name in payload:
-            kwargs[field.name] = cls.FIELDS[field.name].from_wire(payload[field.name])
-        elif field.default is dataclasses.MISSING:
-            raise RemoteProtocolError(f"{cls.__name__}: missing field {field.name!r}")
-    try:
-        return cls(**kwargs)
-    except LocalProtocolError as exc:
-        raise RemoteProtocolError(str(exc), reason="invalid_value") from None
+    return cls._decode(payload)

@@ -1,10 +1,10 @@
 """The board over a serial port (a USB serial board, a pty from firmware_sim, or a URL).
 
-``SerialBoard`` is an async context manager owning one TaskGroup.  It opens the port,
-handshakes (HELLO until HELLO_ACK), turns incoming frames into :mod:`node.board` events,
-retransmits commands until acknowledged, sends heartbeats, and watches liveness on the
-wall clock.  When the port vanishes or goes quiet it reports ``LinkDown`` and keeps trying
-to reopen it, so a board that comes back is picked up without a restart.
+``SerialBoard`` is an async context manager owning one TaskGroup: the I/O around the
+sans-I/O :class:`~node.link.session.NodeSession`, which does the handshake, numbering,
+retransmissions, heartbeats, liveness and the safing rules of ICD §4.3.  When the port
+vanishes the session ends (``LinkDown``) and the port is reopened, so a board that comes
+back is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -21,32 +21,18 @@ from typing import Self
 import serial
 import serial_asyncio_fast
 
-from node.board import BoardEvent, BoardInfo, CommandResult, LinkDown, LinkUp, SensorReading
+from node.board import BoardEvent, BoardInfo, LinkDown, LinkHealth, LinkUp, SensorReading
 from node.config import LinkConfig
 from node.errors import LinkError
-from node.link.channel import Acknowledged, Delivered, GaveUp, ReliableChannel
-from node.link.codec import FrameDecoder
-from node.link.messages import (
-    SUPPORTED_VERSIONS,
-    AckStatus,
-    Checkpoint,
-    Heartbeat,
-    Hello,
-    HelloAck,
-    Message,
-    ResetBoard,
-    Sensor,
-    SetCaps,
-    SetRail,
-    StepDone,
-)
+from node.link.messages import Checkpoint, Message, ResetBoard, SetCaps, SetRail
+from node.link.session import NodeSession
 
 log = logging.getLogger("umbra.node.link")
 
 #: Sensor frames a controller may fall behind by before the oldest are dropped.
 EVENT_QUEUE_LIMIT = 1000
-#: The link is declared dead after this many missed sensor periods, whatever the config says.
-MISSED_FRAMES_FOR_TIMEOUT = 2.5
+#: The longest the session's timers wait between two looks (wall seconds).
+TICK_S = 0.05
 
 
 def is_url(port: str) -> bool:
@@ -89,7 +75,95 @@ async def open_serial(
     return transport, protocol
 
 
-class SerialBoard:
+class SessionBoard:
+    """The Board interface over a :class:`NodeSession`: its events queued, its bytes written.
+
+    Subclasses move the bytes: :class:`SerialBoard` over a port; tests over an in-memory
+    pipe (``tests/doubleboard.py``).  They call :meth:`_received` with what arrived,
+    :meth:`_tick` for the timers, and implement :meth:`_write`.
+    """
+
+    def __init__(self, *, node_id: str, config: LinkConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self.session = NodeSession(node_id=node_id, times=config.session_times(), started=clock())
+        self._events: asyncio.Queue[BoardEvent] = asyncio.Queue()
+        self._sensor_dropped = 0
+
+    @property
+    def info(self) -> BoardInfo | None:
+        return self.session.info
+
+    @property
+    def link_up(self) -> bool:
+        return self.session.link_up
+
+    @property
+    def link_state(self) -> str:
+        return self.session.state.value
+
+    async def next_event(self) -> BoardEvent:
+        return await self._events.get()
+
+    def set_caps(self, cap_w: Sequence[float]) -> None:
+        self._send(SetCaps(cap_w=tuple(float(c) for c in cap_w)))
+
+    def set_rail(self, gpu: int, on: bool) -> None:
+        self._send(SetRail(gpu=gpu, on=on))
+
+    def step_done(self, t_board: float) -> None:
+        self.session.step_done(t_board, self._clock())
+        self._flush()
+
+    def reset_board(self) -> None:
+        self._send(ResetBoard())
+
+    def checkpoint(self, gpu: int, pause_s: float) -> None:
+        self._send(Checkpoint(gpu=gpu, pause_s=pause_s))
+
+    def stats(self) -> dict[str, int]:
+        return {**self.session.stats(), "sensor_dropped": self._sensor_dropped}
+
+    def _write(self, data: bytes) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _endpoint(self) -> str:
+        return "board"
+
+    def _send(self, message: Message) -> None:
+        try:
+            self.session.send(message, self._clock())
+        except LinkError as exc:
+            raise LinkError(f"{self._endpoint()}: {exc}", endpoint=self._endpoint()) from None
+        self._flush()
+
+    def _received(self, data: bytes) -> None:
+        self.session.receive(data, self._clock())
+        self._flush()
+
+    def _tick(self) -> None:
+        self.session.poll(self._clock())
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.session.take_output()
+        if data:
+            self._write(data)
+        for event in self.session.take_events():
+            if isinstance(event, SensorReading) and self._events.qsize() >= EVENT_QUEUE_LIMIT:
+                self._sensor_dropped += 1  # the controller fell behind: drop the newest news
+                continue
+            if isinstance(event, LinkDown | LinkHealth):
+                log.warning("link %s: %s", getattr(event, "state", "down"), event.reason)
+            elif isinstance(event, LinkUp):
+                info = event.info
+                log.info("link up: board %s fw %s, %d GPUs", info.board_id, info.fw_version, info.gpu_count)
+            self._events.put_nowait(event)
+
+
+class SerialBoard(SessionBoard):
+    """The board over a serial port: opens and reopens it, feeds the session, runs its timers."""
+
     def __init__(
         self,
         *,
@@ -99,34 +173,12 @@ class SerialBoard:
         baudrate: int = 115_200,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(node_id=node_id, config=config, clock=clock)
         self._port = port
-        self._node_id = node_id
-        self._config = config
         self._baudrate = baudrate
-        self._clock = clock
-        self._channel = ReliableChannel(retry_timeout=config.retry_timeout_s, max_tries=config.max_tries)
-        self._decoder = FrameDecoder()
-        self._events: asyncio.Queue[BoardEvent] = asyncio.Queue()
         self._transport: asyncio.Transport | None = None
-        self._info: BoardInfo | None = None
-        self._handshake: asyncio.Event = asyncio.Event()
-        self._last_rx = 0.0
-        self._started = clock()
         self._task_group: asyncio.TaskGroup | None = None
         self._connector: asyncio.Task[None]
-        self._counters = {"sensor_dropped": 0, "link_downs": 0, "version_mismatch": 0, "board_reboots": 0}
-        self._last_t_board = -1.0
-        self._rebooted = False
-
-    # --- Board interface ------------------------------------------------------------------
-
-    @property
-    def info(self) -> BoardInfo | None:
-        return self._info
-
-    @property
-    def link_up(self) -> bool:
-        return self._info is not None
 
     async def __aenter__(self) -> Self:
         self._task_group = asyncio.TaskGroup()
@@ -144,51 +196,20 @@ class SerialBoard:
         await self._task_group.__aexit__(exc_type, exc, tb)
         self._close_transport()
 
-    async def next_event(self) -> BoardEvent:
-        return await self._events.get()
-
-    def set_caps(self, cap_w: Sequence[float]) -> None:
-        self._send(SetCaps(cap_w=tuple(float(c) for c in cap_w)))
-
-    def set_rail(self, gpu: int, on: bool) -> None:
-        self._send(SetRail(gpu=gpu, on=on))
-
-    def step_done(self, t_board: float) -> None:
-        if self._transport is not None and self._info is not None:
-            self._write(self._channel.send(StepDone(t_board=t_board), self._clock()))
-
-    def reset_board(self) -> None:
-        self._send(ResetBoard())
-
-    def checkpoint(self, gpu: int, pause_s: float) -> None:
-        self._send(Checkpoint(gpu=gpu, pause_s=pause_s))
-
-    def stats(self) -> dict[str, int]:
-        return {
-            **self._decoder.stats.as_dict(),
-            **self._channel.stats.as_dict(),
-            **self._counters,
-        }
-
-    # --- internals ------------------------------------------------------------------------
+    def _endpoint(self) -> str:
+        return self._port
 
     def _send(self, message: Message) -> None:
-        if self._transport is None or self._info is None:
+        if self._transport is None:
             raise LinkError(f"link to {self._port} is down", endpoint=self._port)
-        self._transport.write(self._channel.send(message, self._clock()))
+        super()._send(message)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _emit(self, event: BoardEvent) -> None:
-        if isinstance(event, SensorReading) and self._events.qsize() >= EVENT_QUEUE_LIMIT:
-            self._counters["sensor_dropped"] += 1
-            return
-        self._events.put_nowait(event)
-
     async def _open(self) -> tuple[asyncio.Transport, SerialProtocol]:
-        transport, protocol = await open_serial(self._port, self._on_bytes, baudrate=self._baudrate)
+        transport, protocol = await open_serial(self._port, self._received, baudrate=self._baudrate)
         # Whatever the board wrote while nobody listened is stale; start from a clean line.
         port = getattr(transport, "serial", None)
         if port is not None:
@@ -209,106 +230,26 @@ class SerialBoard:
                 continue
             announced_missing = False
             self._transport = transport
-            self._decoder = FrameDecoder(stats=self._decoder.stats)
             log.info("opened %s", self._port)
+            self.session.opened(self._clock())
+            self._flush()
+            reason = "port closed"
             try:
-                reason = await self._session(protocol)
+                reason = await self._service(protocol)
             finally:
+                self.session.port_lost(reason, self._clock())
+                self._flush()
                 self._close_transport()
-            self._link_down(reason)
             await asyncio.sleep(self._config.reconnect_s)
 
-    async def _session(self, protocol: SerialProtocol) -> str:
-        """Handshake, then keep the link serviced until it fails; return why it failed."""
-        self._handshake.clear()
-        self._rebooted = False
-        self._channel.reset()
-        hello = ReliableChannel.session_frame(Hello(node_id=self._node_id))
-        while not self._handshake.is_set():
-            if protocol.lost.is_set():
-                return protocol.lost_reason
-            self._write(hello)
+    async def _service(self, protocol: SerialProtocol) -> str:
+        """Run the session's timers until the port goes away; return why it did."""
+        while not protocol.lost.is_set():
+            self._tick()
+            wait = min(max(self.session.next_deadline() - self._clock(), 0.001), TICK_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._handshake.wait(), self._config.hello_interval_s)
-        info = self._info
-        assert info is not None
-        timeout = max(self._config.timeout_s, MISSED_FRAMES_FOR_TIMEOUT / info.sensor_rate_hz)
-        tick = min(0.05, self._config.retry_timeout_s / 2)
-        last_heartbeat = -1e9
-        while True:
-            if protocol.lost.is_set():
-                return "the board rebooted (its clock went back)" if self._rebooted else protocol.lost_reason
-            now = self._clock()
-            if now - self._last_rx > timeout:
-                return f"no frame from the board for {now - self._last_rx:.2f} s"
-            events, out = self._channel.poll(now)
-            for data in out:
-                self._write(data)
-            for event in events:
-                if isinstance(event, GaveUp):
-                    log.warning("board never acknowledged %s", type(event.message).__name__)
-                    self._emit(CommandResult(event.message, None))
-            if now - last_heartbeat >= self._config.heartbeat_s:
-                self._write(self._channel.send(Heartbeat(uptime_s=now - self._started), now))
-                last_heartbeat = now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(protocol.lost.wait(), tick)
-
-    def _on_bytes(self, data: bytes) -> None:
-        self._decoder.feed(data)
-        while (frame := self._decoder.next_frame()) is not None:
-            self._last_rx = self._clock()
-            events, out = self._channel.receive(frame)
-            for reply in out:
-                self._write(reply)
-            for event in events:
-                if isinstance(event, Delivered):
-                    self._on_message(event.message, event.seq)
-                elif isinstance(event, Acknowledged):
-                    self._emit(CommandResult(event.message, event.status))
-
-    def _on_message(self, message: Message, seq: int) -> None:
-        if isinstance(message, HelloAck):
-            if message.version == 0 or not SUPPORTED_VERSIONS[0] <= message.version <= SUPPORTED_VERSIONS[1]:
-                self._counters["version_mismatch"] += 1
-                log.error(
-                    "board speaks protocol %d..%d, we speak %d..%d",
-                    message.min_version, message.max_version, *SUPPORTED_VERSIONS,
-                )
-                return
-            # The board numbers afresh after every HELLO it answers (ICD rule S3), including
-            # a late answer to a repeated HELLO: what we saw numbered before is stale.
-            self._channel.reset_receive()
-            if self._handshake.is_set():
-                return
-            self._last_t_board = -1.0
-            self._info = BoardInfo.from_hello_ack(message)
-            self._handshake.set()
-            log.info("link up: board %s fw %s, %d GPUs", message.board_id, message.fw_version, message.gpu_count)
-            self._emit(LinkUp(self._info))
-        elif isinstance(message, Sensor):
-            if self._info is None:
-                return
-            if message.t_board < self._last_t_board - 1.0:
-                # Board time went back: the board rebooted under us.  Start a new session so
-                # everything that counted on its clock (estimates, timers, jobs) starts over.
-                self._rebooted = True
-                self._counters["board_reboots"] += 1
-                if self._transport is not None:
-                    self._transport.close()
-                return
-            self._last_t_board = message.t_board
-            self._emit(SensorReading(message, self._last_rx))
-        elif message.RELIABLE:
-            # The board sends us nothing reliable in v1; refuse politely so it stops retrying.
-            self._write(self._channel.ack(seq, AckStatus.UNSUPPORTED))
-
-    def _link_down(self, reason: str) -> None:
-        if self._info is not None:
-            self._info = None
-            self._counters["link_downs"] += 1
-            log.warning("link down: %s", reason)
-            self._emit(LinkDown(reason))
+                await asyncio.wait_for(protocol.lost.wait(), wait)
+        return protocol.lost_reason
 
     def _close_transport(self) -> None:
         if self._transport is not None:

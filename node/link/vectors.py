@@ -36,6 +36,7 @@ from node.link.messages import (
     UINT32_MAX,
     Ack,
     AckStatus,
+    BoardFeature,
     Checkpoint,
     Heartbeat,
     Hello,
@@ -152,6 +153,17 @@ def _raw_frame(envelope: Any) -> bytes:
 
 _CAPS_8 = (700.0, 700.0, 650.0, 650.0, 500.0, 500.0, 350.0, 200.0)
 
+#: A HIL_VALUE whose body and CRC are exactly 254 bytes with no zero byte (4-byte UTF-8 name,
+#: floats chosen without a zero byte, a seq found so that the CRC has none either): its COBS
+#: form is one full 0xFF block, the case §2.5's "no empty trailing block" rule is about.
+FULL_BLOCK = HilValue(
+    name="\U0001f6f0" * 32,
+    value=(1.1, 1.4700000000000002, 1.8400000000000003, 2.2100000000000004, 2.5800000000000005,
+           2.9500000000000006, 3.3200000000000007, 3.690000000000001, 4.0600000000000005, 4.430000000000001),
+    ref=0x01020304,
+)
+FULL_BLOCK_SEQ = 0x01010101
+
 SENSOR_8GPU = Sensor(
     t_board=5025.5,
     utc=1767225600.25,
@@ -186,7 +198,8 @@ def _frames() -> list[FrameVector]:
         ),
         (
             "hello_ack",
-            "board accepts version 1: 8 GPUs, caps 200..700 W, 10 Hz sensor frames, 2 s watchdog",
+            "board accepts version 1: 8 GPUs, caps 200..700 W, 10 Hz sensor frames, 1 s watchdog, "
+            "declares checkpoints and lockstep",
             0,
             HelloAck(
                 version=1,
@@ -196,9 +209,10 @@ def _frames() -> list[FrameVector]:
                 cap_min_w=200.0,
                 cap_max_w=700.0,
                 sensor_rate_hz=10.0,
-                watchdog_s=2.0,
+                watchdog_s=1.0,
                 min_version=1,
                 max_version=1,
+                features=int(BoardFeature.CHECKPOINTS | BoardFeature.LOCKSTEP),
             ),
         ),
         (
@@ -226,6 +240,13 @@ def _frames() -> list[FrameVector]:
             Heartbeat(86400.0),
         ),
         ("sensor_8gpu", "realistic 8-GPU sensor frame with a NaN temperature", 1234, SENSOR_8GPU),
+        (
+            "cobs_full_block_at_the_end",
+            "body and CRC are 254 bytes without a zero: COBS is one full block `ff <254 bytes>` and no "
+            "empty block after it (§2.5)",
+            FULL_BLOCK_SEQ,
+            FULL_BLOCK,
+        ),
         (
             "sensor_1gpu_defaults",
             "1-GPU sensor frame, flags and rx_errors at their defaults (0)",
@@ -357,6 +378,10 @@ def _accepts() -> list[FrameVector]:
         "battery_soc": 0.5, "radiator_c": 20.0, "flags": 0, "rx_errors": 0,
     }]
     leading_delimiters = DELIMITER * 3 + encode_frame(Heartbeat(4.0), 25)
+    hello_ack_v1 = [1, int(MsgType.HELLO_ACK), 0, {
+        "version": 1, "min_version": 1, "max_version": 1, "board_id": "old-board", "fw_version": "1.0",
+        "gpu_count": 2, "cap_min_w": 100.0, "cap_max_w": 300.0, "sensor_rate_hz": 10.0, "watchdog_s": 1.0,
+    }]
     items: list[tuple[str, str, int, Message, bytes]] = [
         (
             "accept_int_in_float_field",
@@ -400,6 +425,21 @@ def _accepts() -> list[FrameVector]:
             Sensor(t_board=1.5, utc=1767225600.0, temp_c=(40.0,), power_w=(300.0,), cap_w=(700.0,),
                    progress=(1.0,), rails=1, solar_w=100.0, battery_soc=0.5, radiator_c=20.0),
             _raw_frame(sensor_v1),
+        ),
+        (
+            "accept_hello_ack_without_features",
+            "a HELLO_ACK from a board written before `features` (doc version 3): it declares none (0)",
+            0,
+            HelloAck(version=1, board_id="old-board", fw_version="1.0", gpu_count=2, cap_min_w=100.0,
+                     cap_max_w=300.0, sensor_rate_hz=10.0, watchdog_s=1.0),
+            _raw_frame(hello_ack_v1),
+        ),
+        (
+            "accept_cobs_empty_trailing_block",
+            "the full-block frame with an empty block `01` after it: decoders accept both forms (§2.5)",
+            FULL_BLOCK_SEQ,
+            FULL_BLOCK,
+            encode_frame(FULL_BLOCK, FULL_BLOCK_SEQ)[:-1] + b"\x01" + DELIMITER,
         ),
         (
             "accept_leading_delimiters",
