@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from firmware_sim.config import FirmwareConfig
 from firmware_sim.plant import ParamValue, Plant
 from node.errors import CommandRejected
-from node.link.channel import ReliableChannel
 from node.link.messages import (
     UINT32_MAX,
     AckStatus,
@@ -127,10 +126,6 @@ class Firmware:
     @property
     def node_id(self) -> str | None:
         return self.link.peer
-
-    @property
-    def channel(self) -> ReliableChannel:
-        return self.link.channel
 
     @property
     def rx_errors(self) -> int:

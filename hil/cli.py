@@ -60,6 +60,10 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     conf.add_argument("port", metavar="PORT", help="the board's main serial port (path or pyserial URL)")
     conf.add_argument("--hil", metavar="PORT", help="the board's HIL port")
     conf.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    conf.add_argument("--only", metavar="GROUPS",
+                      help="comma-separated check groups to run (versions, numbering, sessions, sensor_stream, "
+                      "idle_heartbeat, commands, reliability, jobs, watchdog, lockstep, reset, hil_port); "
+                      "the handshake and the restore always run")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

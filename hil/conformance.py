@@ -372,25 +372,14 @@ class Conformance:
         n = info.gpu_count
         caps = tuple([info.cap_max_w] * n)
         # Duplicate: the same frame twice → the same ACK twice, executed once.
-        seq, wire = self.main.frame(SetCaps(cap_w=caps))
-        mark = self.main.mark()
-        self.main.write(wire)
-        first = await self.main.ack(seq, 1.0, mark)
-        mark2 = self.main.mark()
-        self.main.write(wire)
-        second = await self.main.ack(seq, 1.0, mark2)
+        first, second = await self._sent_twice(SetCaps(cap_w=caps))
         self.record("duplicate reliable frame → re-ACK with the same status", "§3.3, §3.6",
                     first is not None and second is not None
                     and _code(first) == _code(second),
                     f"first {_status(first)}, repeat {_status(second)}")
         # The same for a refused one: the re-ACK repeats the refusal, it does not execute it.
-        seq, wire = self.main.frame(SetRail(gpu=min(n, 31), on=False) if n < 32 else SetCaps(cap_w=(0.0,) * n))
-        mark = self.main.mark()
-        self.main.write(wire)
-        first = await self.main.ack(seq, 1.0, mark)
-        mark2 = self.main.mark()
-        self.main.write(wire)
-        second = await self.main.ack(seq, 1.0, mark2)
+        first, second = await self._sent_twice(SetRail(gpu=min(n, 31), on=False) if n < 32
+                                               else SetCaps(cap_w=(0.0,) * n))
         self.record("duplicate of a refused frame → re-ACK with the same refusal", "§3.3",
                     _code(first) == AckStatus.BAD_ARGUMENT and _code(second) == AckStatus.BAD_ARGUMENT,
                     f"first {_status(first)}, repeat {_status(second)}")
@@ -489,6 +478,16 @@ class Conformance:
                     f"{_status(a)}; progress {ahead.progress[0] if ahead else '?'} → "
                     f"{back.progress[0] if back else '?'} (checkpoint {saved:.3f})")
 
+    async def _sent_twice(self, message: Message) -> tuple[Rx | None, Rx | None]:
+        """One numbered frame written twice, byte for byte: the ACKs of the first and the repeat."""
+        seq, wire = self.main.frame(message)
+        acks = []
+        for _ in range(2):
+            mark = self.main.mark()
+            self.main.write(wire)
+            acks.append(await self.main.ack(seq, 1.0, mark))
+        return acks[0], acks[1]
+
     async def watchdog(self) -> None:
         info = self.info
         assert info is not None
@@ -497,8 +496,10 @@ class Conformance:
             return
         self._beating.clear()
         await asyncio.sleep(0.25)
+        # The watchdog runs from our last frame of the session (a HELLO before it does not count).
+        self.main.send(Heartbeat(uptime_s=1.0))
         mark = self.main.mark()
-        quiet_from = self.main.last_write  # the watchdog runs from our last frame
+        quiet_from = self.main.last_write
         # Frames on the HIL port meanwhile: they are not the node's and must not feed it (§2.1).
         hil_chatter = asyncio.create_task(self._hil_chatter()) if self._hil_ok else None
         try:

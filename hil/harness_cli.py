@@ -56,9 +56,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from hil.conformance import format_results, run_conformance
+    from hil.conformance import Conformance, format_results, run_conformance
 
-    results = asyncio.run(run_conformance(args.port, hil=args.hil))
+    only = tuple(g.strip() for g in args.only.split(",") if g.strip()) if args.only else None
+    unknown = sorted(set(only or ()) - set(Conformance.GROUPS))
+    if unknown:
+        print(f"umbra-hil: error: unknown check groups {', '.join(unknown)}: choose from "
+              f"{', '.join(Conformance.GROUPS)}", file=sys.stderr)
+        return EXIT_USAGE
+    results = asyncio.run(run_conformance(args.port, hil=args.hil, only=only))
     print(format_results(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))

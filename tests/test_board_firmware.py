@@ -155,7 +155,7 @@ def test_duplicate_set_caps_is_reacked_but_applied_once() -> None:
     assert only(fw.receive(first, wall=0.3), Ack) == [Ack(ack_seq=1)]
     assert fw.plant.cap_w.tolist() == [500.0] * GPUS
     assert fw.stats.commands_applied == 2
-    assert fw.channel.stats.duplicates == 1
+    assert fw.link.channel.stats.duplicates == 1
 
 
 def test_duplicate_of_refused_command_is_refused_again() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
+import json
 
 import pytest
 
@@ -269,3 +272,27 @@ async def test_conformance_puts_back_what_it_changed(tmp_path: Path) -> None:
         assert board.plant.cap_w.tolist() == [600.0] * board.plant.gpu_count
         assert board.firmware.link.established  # a fresh session left behind
 
+
+
+def test_only_refuses_an_unknown_group_before_touching_the_port(tmp_path: Path, capsys) -> None:
+    from hil.cli import main
+
+    assert main(["conformance", str(tmp_path / "no-such.tty"), "--only", "watchdog,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "watchdog" in err  # names the wrong one and lists the right ones
+
+
+async def test_only_runs_the_named_groups_and_the_handshake(tmp_path: Path) -> None:
+    config = BoardConfig(link=tmp_path / "b.tty", hil=tmp_path / "h.tty", seed=3, watchdog_s=1.0,
+                         model="first-order")
+    async with Board(config=config):
+        from hil.harness_cli import cmd_conformance
+
+        args = argparse.Namespace(port=str(tmp_path / "b.tty"), hil=str(tmp_path / "h.tty"),
+                                  json=str(tmp_path / "r.json"), only="versions, watchdog")
+        code = await asyncio.to_thread(cmd_conformance, args)
+    results = json.loads((tmp_path / "r.json").read_text())
+    names = " ".join(r["name"] for r in results)
+    assert code == 0, names
+    assert "handshake" in names and "watchdog" in names and "version" in names
+    assert "SET_RAIL" not in names and "lockstep" not in names and "RESET_BOARD" not in names

@@ -31,6 +31,8 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 node_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z")
 finite = st.floats(allow_nan=False, allow_infinity=False)
+utcs = st.floats(0.0, 1e11)  # the declared ranges (ICD §5.4)
+board_times = st.floats(0.0, 1e10)
 u32 = st.integers(0, 2**32 - 1)
 counters = st.dictionaries(st.text(min_size=1, max_size=16), u32, max_size=8)
 # Values an Event's data map may carry: anything msgpack round-trips to an equal value.
@@ -53,8 +55,8 @@ def housekeepings(draw: st.DrawFn) -> Housekeeping:
     return Housekeeping(
         node_id=draw(node_ids),
         seq=draw(st.integers(0, 2**63 - 1)),
-        utc=draw(finite),
-        t_board=draw(finite),
+        utc=draw(utcs),
+        t_board=draw(board_times),
         mode=draw(st.sampled_from(list(Mode))).value,
         link_up=draw(st.booleans()),
         temp_c=array(st.none() | finite),
@@ -74,8 +76,8 @@ events = st.builds(
     Event,
     node_id=node_ids,
     seq=st.integers(0, 2**63 - 1),
-    utc=finite,
-    t_board=finite,
+    utc=utcs,
+    t_board=board_times,
     kind=st.text(min_size=1, max_size=64),
     severity=st.sampled_from(list(Severity)).map(int),
     text=st.text(max_size=200),
@@ -87,7 +89,7 @@ states = st.builds(
     online=st.booleans(),
     boot_id=st.text(max_size=40),
     version=st.text(max_size=20),
-    utc=finite,
+    utc=utcs,
 )
 payloads = st.one_of(housekeepings(), events, states)
 
@@ -417,3 +419,15 @@ def test_decode_message_raises_only_remote_protocol_error(topic_name: str, data:
         decode_message(topic_name, data)
     except RemoteProtocolError:
         pass
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seq", 2**64 - 1), ("seq", 2**63), ("seq", -1), ("utc", float("nan")), ("utc", -1.0),
+    ("t_board", float("inf")), ("board_flags", 2**64 - 1),
+])
+def test_values_outside_the_declared_ranges_are_refused(field: str, value: Any) -> None:
+    """A seq or a count no signed 64-bit column can hold, a NaN time: refused at the edge."""
+    mapping = msgpack.unpackb(_example_hk().to_wire())
+    mapping[field] = value
+    with pytest.raises(RemoteProtocolError, match=field):
+        Housekeeping.from_wire(msgpack.packb(mapping))

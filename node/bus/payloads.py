@@ -7,12 +7,13 @@ same classes, so both ends agree by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Self
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Self, TypeVar, dataclass_transform
 
 import msgpack
 
@@ -107,11 +108,55 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+UINT63_MAX = 2**63 - 1  # a telemetry seq or counter still fits a signed 64-bit column
+
+
+def wire(
+    kind: str,
+    *,
+    default: Any = dataclasses.MISSING,
+    default_factory: Any = dataclasses.MISSING,
+    unit: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Any:
+    """Declare a payload field: its wire kind (a key of ``_KINDS``), unit, range and default."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown payload kind {kind!r}")
+    metadata = {"kind": kind, "unit": unit, "range": None if lo is None and hi is None else (lo, hi)}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_P = TypeVar("_P", bound="type[_Payload]")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(wire,))
+def payload(leaf: Leaf) -> Callable[[_P], _P]:
+    """Class decorator: a frozen slots dataclass whose schema (``TYPES``, ``UNITS``,
+    ``RANGES``) is derived from its field declarations."""
+
+    def decorate(cls: _P) -> _P:
+        cls.LEAF = leaf
+        made: Any = dataclass(frozen=True, slots=True)(cls)
+        fields = dataclasses.fields(made)
+        made.TYPES = {f.name: f.metadata["kind"] for f in fields}
+        made.UNITS = {f.name: f.metadata["unit"] for f in fields if f.metadata["unit"]}
+        made.RANGES = {f.name: f.metadata["range"] for f in fields if f.metadata["range"] is not None}
+        return made  # type: ignore[no-any-return]
+
+    return decorate
+
+
 @dataclass(frozen=True, slots=True)
 class _Payload:
     LEAF: ClassVar[Leaf]
     #: field name → kind in _KINDS; checked before anything else when a payload is built.
     TYPES: ClassVar[dict[str, str]] = {}
+    UNITS: ClassVar[dict[str, str]] = {}
+    #: field name → (lo, hi) of a number (None: unbounded on that side; NaN never passes).
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
 
     def _check_types(self) -> None:
         for name, kind in self.TYPES.items():
@@ -120,6 +165,12 @@ class _Payload:
                 raise LocalProtocolError(
                     f"{type(self).__name__}.{name}: expected {kind}, got {type(value).__name__}"
                 )
+        for name, (lo, hi) in self.RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise LocalProtocolError(f"{type(self).__name__}.{name} = {value!r} outside [{lo}, {hi}]")
 
     def to_wire(self) -> bytes:
         data: bytes = msgpack.packb(self._to_map(), use_bin_type=True)
@@ -147,33 +198,24 @@ class _Payload:
         return cls(**{k: v for k, v in mapping.items() if k in names})
 
 
-@dataclass(frozen=True, slots=True)
+@payload(Leaf.STATE)
 class NodeState(_Payload):
     """``state`` (retained): birth when online, the Last Will when the node vanishes."""
 
-    LEAF = Leaf.STATE
-    TYPES = {
-        "node_id": "str",
-        "online": "bool",
-        "boot_id": "str",
-        "version": "str",
-        "utc": "float",
-        "dict_hash": "str",
-    }
-    node_id: str
-    online: bool
-    boot_id: str = ""
-    version: str = ""
-    utc: float = 0.0
+    node_id: str = wire("str")
+    online: bool = wire("bool")
+    boot_id: str = wire("str", default="")
+    version: str = wire("str", default="")
+    utc: float = wire("float", default=0.0, unit="s", lo=0.0, hi=1e11)
     #: node.bus.commands.dictionary_hash() of the node's command and telemetry dictionary.
-    dict_hash: str = ""
+    dict_hash: str = wire("str", default="")
 
     def __post_init__(self) -> None:
         self._check_types()
         check_node_id(self.node_id)
 
 
-@dataclass(frozen=True, slots=True)
+@payload(Leaf.HK)
 class Housekeeping(_Payload):
     """``tm/hk``: the node's periodic housekeeping packet.
 
@@ -181,57 +223,33 @@ class Housekeeping(_Payload):
     valid reading (the controller then runs on its estimate).
     """
 
-    LEAF = Leaf.HK
-    TYPES = {
-        "node_id": "str",
-        "seq": "int",
-        "utc": "float",
-        "t_board": "float",
-        "mode": "str",
-        "link_up": "bool",
-        "temp_c": "array of floats or nils",
-        "power_w": "array of floats",
-        "cap_w": "array of floats",
-        "progress": "array of floats",
-        "solar_w": "float",
-        "battery_soc": "float",
-        "radiator_c": "float or nil",
-        "board_flags": "int",
-        "link": "map of str to int",
-        "control_us": "float",
-        "historical": "bool",
-        "jobs": "map with str keys",
-        "link_state": "str",
-    }
-    node_id: str
-    seq: int
-    utc: float
-    t_board: float
-    mode: str
-    link_up: bool
-    temp_c: tuple[float | None, ...]
-    power_w: tuple[float, ...]
-    cap_w: tuple[float, ...]
-    progress: tuple[float, ...]
-    solar_w: float
-    battery_soc: float
-    radiator_c: float | None
-    board_flags: int
-    link: dict[str, int] = field(default_factory=dict)
-    control_us: float = 0.0
+    node_id: str = wire("str")
+    seq: int = wire("int", lo=0, hi=UINT63_MAX)
+    utc: float = wire("float", unit="s", lo=0.0, hi=1e11)
+    t_board: float = wire("float", unit="s", lo=0.0, hi=1e10)
+    mode: str = wire("str")
+    link_up: bool = wire("bool")
+    temp_c: tuple[float | None, ...] = wire("array of floats or nils", unit="°C")
+    power_w: tuple[float, ...] = wire("array of floats", unit="W")
+    cap_w: tuple[float, ...] = wire("array of floats", unit="W")
+    progress: tuple[float, ...] = wire("array of floats", unit="work units")
+    solar_w: float = wire("float", unit="W")
+    battery_soc: float = wire("float", unit="1")
+    radiator_c: float | None = wire("float or nil", unit="°C")
+    board_flags: int = wire("int", lo=0, hi=0xFFFF_FFFF)
+    link: dict[str, int] = wire("map of str to int", default_factory=dict)
+    control_us: float = wire("float", default=0.0, unit="µs")
     #: Set by the outbox when the packet is sent from the backlog after an outage.
-    historical: bool = False
+    historical: bool = wire("bool", default=False)
     #: Checkpointing per GPU and the interval estimator (docs/jobs.md); empty: no jobs.
-    jobs: dict[str, Any] = field(default_factory=dict)
-    #: The serial link's session state (ICD §4.2): established, blind, uncommandable, … ("": unknown).
-    link_state: str = ""
+    jobs: dict[str, Any] = wire("map with str keys", default_factory=dict)
+    #: The serial link's session state (ICD §4.3.1): established, blind, uncommandable, … ("": unknown).
+    link_state: str = wire("str", default="")
 
     def __post_init__(self) -> None:
         self._check_types()
         check_node_id(self.node_id)
         Mode(self.mode)
-        if self.seq < 0:
-            raise LocalProtocolError("Housekeeping.seq must be >= 0")
         n = len(self.temp_c)
         if not (len(self.power_w) == len(self.cap_w) == len(self.progress) == n):
             raise LocalProtocolError("Housekeeping GPU arrays must have equal lengths")
@@ -241,38 +259,27 @@ class Housekeeping(_Payload):
         fixed = dict(mapping)
         for name in ("temp_c", "power_w", "cap_w", "progress"):
             fixed[name] = tuple(fixed[name])
-        return super(Housekeeping, cls)._from_map(fixed)
+        # Explicit: a slots dataclass is a new class, and zero-argument super() would see the old one.
+        return super(Housekeeping, cls)._from_map(fixed)  # noqa: UP008
 
     @staticmethod
     def temps_for_wire(temps: tuple[float, ...]) -> tuple[float | None, ...]:
         return tuple(_finite_or_none(temps))
 
 
-@dataclass(frozen=True, slots=True)
+@payload(Leaf.EVENT)
 class Event(_Payload):
     """``tm/event``: something happened (mode change, link up/down, board watchdog, …)."""
 
-    LEAF = Leaf.EVENT
-    TYPES = {
-        "node_id": "str",
-        "seq": "int",
-        "utc": "float",
-        "t_board": "float",
-        "kind": "str",
-        "severity": "int",
-        "text": "str",
-        "data": "map with str keys",
-        "historical": "bool",
-    }
-    node_id: str
-    seq: int
-    utc: float
-    t_board: float
-    kind: str
-    severity: int
-    text: str
-    data: dict[str, Any] = field(default_factory=dict)
-    historical: bool = False
+    node_id: str = wire("str")
+    seq: int = wire("int", lo=0, hi=UINT63_MAX)
+    utc: float = wire("float", unit="s", lo=0.0, hi=1e11)
+    t_board: float = wire("float", unit="s", lo=0.0, hi=1e10)
+    kind: str = wire("str")
+    severity: int = wire("int")
+    text: str = wire("str")
+    data: dict[str, Any] = wire("map with str keys", default_factory=dict)
+    historical: bool = wire("bool", default=False)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -287,29 +294,18 @@ MAX_TC_BYTES = 4096
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
-@dataclass(frozen=True, slots=True)
+@payload(Leaf.TC)
 class Telecommand(_Payload):
     """``tc`` (ground → node): one signed command (docs/ICD.md §5.6)."""
 
-    LEAF = Leaf.TC
-    TYPES = {
-        "node_id": "str",
-        "id": "str",
-        "counter": "int",
-        "name": "str",
-        "args": "map with str keys",
-        "expires": "float",
-        "exec_at": "float or nil",
-        "tag": "bin",
-    }
-    node_id: str
-    id: str
-    counter: int
-    name: str
-    args: dict[str, Any]
-    expires: float
-    exec_at: float | None = None
-    tag: bytes = b""
+    node_id: str = wire("str")
+    id: str = wire("str")
+    counter: int = wire("int")
+    name: str = wire("str")
+    args: dict[str, Any] = wire("map with str keys")
+    expires: float = wire("float", unit="s")
+    exec_at: float | None = wire("float or nil", default=None, unit="s")
+    tag: bytes = wire("bin", default=b"")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -346,49 +342,30 @@ class FailedAt(enum.StrEnum):
     COMPLETION = "completion"
 
 
-@dataclass(frozen=True, slots=True)
+@payload(Leaf.TC_REPORT)
 class TcReport(_Payload):
     """``tc/report``: one verification report about one telecommand."""
 
-    LEAF = Leaf.TC_REPORT
-    TYPES = {
-        "node_id": "str",
-        "seq": "int",
-        "utc": "float",
-        "id": "str",
-        "counter": "int",
-        "name": "str",
-        "stage": "str",
-        "code": "int",
-        "reason": "str",
-        "at": "str",
-        "text": "str",
-        "data": "map with str keys",
-        "duplicate": "bool",
-        "historical": "bool",
-    }
-    node_id: str
-    seq: int
-    utc: float
-    id: str
-    counter: int
-    name: str
-    stage: str
-    code: int = 0
-    reason: str = ""
-    at: str = ""
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-    duplicate: bool = False
-    historical: bool = False
+    node_id: str = wire("str")
+    seq: int = wire("int", lo=0, hi=UINT63_MAX)
+    utc: float = wire("float", unit="s", lo=0.0, hi=1e11)
+    id: str = wire("str")
+    counter: int = wire("int", lo=0, hi=UINT63_MAX)
+    name: str = wire("str")
+    stage: str = wire("str")
+    code: int = wire("int", default=0, lo=0, hi=255)
+    reason: str = wire("str", default="")
+    at: str = wire("str", default="")
+    text: str = wire("str", default="")
+    data: dict[str, Any] = wire("map with str keys", default_factory=dict)
+    duplicate: bool = wire("bool", default=False)
+    historical: bool = wire("bool", default=False)
 
     def __post_init__(self) -> None:
         self._check_types()
         check_node_id(self.node_id)
         Stage(self.stage)
         FailedAt(self.at)
-        if self.seq < 0:
-            raise LocalProtocolError("TcReport.seq must be >= 0")
 
     @property
     def final(self) -> bool:

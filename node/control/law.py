@@ -131,11 +131,13 @@ class UmbraLaw:
 
     def update_params(self, params: ControlParams) -> None:
         self.params = params
+        self._stuck_frames = max(2, round(params.stuck_s * getattr(self, "_rate_hz", 10.0)))
 
     def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float, sensor_rate_hz: float = 10.0) -> None:
         n = gpu_count
         self.cap_min_w, self.cap_max_w = cap_min_w, cap_max_w
-        self._rate_hz = sensor_rate_hz  # the stuck detector counts frames: so many make stuck_s
+        self._rate_hz = sensor_rate_hz
+        self._stuck_frames = max(2, round(self.params.stuck_s * sensor_rate_hz))  # the detector counts frames
         self._t_last = math.nan
         self._x_t = np.full(n, math.nan)
         self._x_b = np.zeros(n)
@@ -197,7 +199,7 @@ class UmbraLaw:
         self._power[:] = sensor.power_w
         kernels.estimate(
             self._z, self._power, dt, p.tau_s, p.r_k_per_w, p.q_t, p.q_b, p.r_meas, p.innov_k,
-            p.sensor_lo_c, p.sensor_hi_c, max(2, round(p.stuck_s * self._rate_hz)), int(p.persist_n),
+            p.sensor_lo_c, p.sensor_hi_c, self._stuck_frames, int(p.persist_n),
             self._x_t, self._x_b, self._p_tt, self._p_tb, self._p_bb,
             self._last_z, self._stuck, self._innov, self._flags,
         )  # fmt: skip
