@@ -15,6 +15,11 @@ schema is the same in both and documented in docs/ground.md.
 - ``alarms`` latch limit violations (ground/limits.py) until an operator acknowledges.
 - ``commands`` is ground's history of telecommands sent, by whom; their verification
   stages are the ``tc_reports`` rows with the same (node, id).
+- ``dead_letters`` keeps what ingest refused or could not store (a payload claiming another
+  node's id, a timestamp in the future, a packet the database refuses), with the reason:
+  the newest DEAD_LETTER_LIMIT rows.
+- A node's online state follows the state message *received* last (``state_received``),
+  not the newest ``utc`` it claims.
 
 Writes come in batches, one transaction each: a batch is either all stored or not at
 all, and a committed batch survives the process being killed (WAL, synchronous=NORMAL).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -41,7 +47,9 @@ from node.errors import ConfigError
 log = logging.getLogger("umbra.ground.archive")
 
 DEFAULT_SQLITE = Path("var") / "umbra-archive.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Dead letters kept (the oldest are deleted beyond): a flood cannot fill the disk.
+DEAD_LETTER_LIMIT = 10_000
 
 Packet = Housekeeping | Event | TcReport
 Storable = Housekeeping | Event | TcReport | NodeState
@@ -83,7 +91,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY, online SMALLINT, boot_id TEXT, version TEXT, dict_hash TEXT,
     state_utc DOUBLE PRECISION, last_contact DOUBLE PRECISION, max_seq BIGINT,
     packets BIGINT NOT NULL DEFAULT 0, duplicates BIGINT NOT NULL DEFAULT 0,
-    mode TEXT, hk_utc DOUBLE PRECISION);
+    mode TEXT, hk_utc DOUBLE PRECISION, state_received DOUBLE PRECISION);
 CREATE TABLE IF NOT EXISTS gaps (
     node TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
     opened DOUBLE PRECISION NOT NULL,
@@ -100,7 +108,15 @@ CREATE TABLE IF NOT EXISTS commands (
     status TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (node, id));
 CREATE INDEX IF NOT EXISTS commands_sent ON commands (sent);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    received DOUBLE PRECISION NOT NULL, node TEXT NOT NULL, topic TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received);
 """
+
+#: Columns added after schema version 1, added to an older archive when it is opened.
+MIGRATIONS = (("nodes", "state_received", "DOUBLE PRECISION"),)
+
 
 
 #: Rows per read when streaming housekeeping: memory stays bounded and the lock is not
@@ -198,10 +214,20 @@ class Archive:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     self._exec(stmt)
+            for table, column, kind in MIGRATIONS:
+                if column not in self._columns(table):
+                    self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._exec(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                (str(SCHEMA_VERSION),),
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),),
             )
+
+    def _columns(self, table: str) -> set[str]:
+        if self.postgres:
+            cur = self._exec("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                             (table,))
+            return {r[0] for r in cur.fetchall()}
+        return {r[1] for r in self._exec(f"PRAGMA table_info({table})").fetchall()}
 
     def close(self) -> None:
         with self._lock:
@@ -214,6 +240,38 @@ class Archive:
         self.close()
 
     # -- writing --------------------------------------------------------------------------
+
+    def secret(self, key: str) -> str:
+        """A random value kept in ``meta`` under ``key``, made on first use."""
+        with self._tx():
+            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       (key, secrets.token_hex(16)))
+            row = self._exec("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    def ping(self) -> None:
+        """Raise if the database cannot take a write now (tells a bad packet from a bad day)."""
+        with self._tx():  # a real write: a full disk must fail here too, not only the batch
+            self._exec("INSERT INTO meta (key, value) VALUES ('last_write_check', ?) ON CONFLICT (key)"
+                       " DO UPDATE SET value = excluded.value", (repr(time.time()),))
+
+    def dead_letter(self, *, node: str, topic: str, reason: str, detail: str, payload: str,
+                    received: float | None = None) -> None:
+        """Keep something that was refused, with why; the newest DEAD_LETTER_LIMIT stay."""
+        received = time.time() if received is None else received
+        with self._tx():
+            self._exec("INSERT INTO dead_letters (received, node, topic, reason, detail, payload)"
+                       " VALUES (?, ?, ?, ?, ?, ?)",
+                       (received, node[:64], topic[:200], reason[:64], detail[:1000], payload[:4000]))
+            self._exec("DELETE FROM dead_letters WHERE received < (SELECT MIN(received) FROM"
+                       " (SELECT received FROM dead_letters ORDER BY received DESC LIMIT ?) AS newest)",
+                       (DEAD_LETTER_LIMIT,))
+
+    def dead_letters(self, node: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if node:
+            return self._rows("SELECT * FROM dead_letters WHERE node = ? ORDER BY received DESC LIMIT ?",
+                              (node, limit))
+        return self._rows("SELECT * FROM dead_letters ORDER BY received DESC LIMIT ?", (limit,))
 
     def store(self, items: Iterable[Storable], *, received: float | None = None) -> StoreResult:
         """Store a batch in one transaction; duplicates (by node, seq) are skipped."""
@@ -232,7 +290,7 @@ class Archive:
             last_contact: dict[str, float] = {}
             for p in batch:
                 if isinstance(p, NodeState):
-                    self._store_state(p)
+                    self._store_state(p, received)
                     result.states += 1
                     continue
                 last_contact[p.node_id] = received
@@ -340,14 +398,17 @@ class Archive:
             self._exec(f"UPDATE alarms SET active = 0, level = 0 WHERE node = ? AND active = 1{where}",
                        (hk.node_id, *names))
 
-    def _store_state(self, s: NodeState) -> None:
+    def _store_state(self, s: NodeState, received: float) -> None:
+        # Ordered by when ground received it (the broker delivers one topic in publish
+        # order): a claimed utc, true or not, cannot pin the node's state.
         self._exec(
-            "INSERT INTO nodes (node, online, boot_id, version, dict_hash, state_utc)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET online = excluded.online,"
+            "INSERT INTO nodes (node, online, boot_id, version, dict_hash, state_utc, state_received)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET online = excluded.online,"
             " boot_id = excluded.boot_id, version = excluded.version,"
-            " dict_hash = excluded.dict_hash, state_utc = excluded.state_utc"
-            " WHERE nodes.state_utc IS NULL OR nodes.state_utc <= excluded.state_utc",
-            (s.node_id, int(s.online), s.boot_id, s.version, s.dict_hash, s.utc),
+            " dict_hash = excluded.dict_hash, state_utc = excluded.state_utc,"
+            " state_received = excluded.state_received"
+            " WHERE nodes.state_received IS NULL OR nodes.state_received <= excluded.state_received",
+            (s.node_id, int(s.online), s.boot_id, s.version, s.dict_hash, s.utc, received),
         )
 
     def record_command(self, tc: Telecommand, operator: str, status: str = "sent") -> None:

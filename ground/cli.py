@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from ground.query import mqtt_auth_args, mqtt_password
 from ground.tail import (
     LinkStatus,
     Malformed,
@@ -139,9 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node refuses the command after S seconds (default 60)")
     s.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S")
     s.add_argument("--id", metavar="ID", help="command id (default: random); resend an id to ask again")
-    s.add_argument("--username", metavar="USER")
-    s.add_argument("--password", metavar="PASSWORD")
-    s.add_argument("--tls-ca", metavar="CA.crt", help="connect with TLS, trusting this CA")
+    mqtt_auth_args(s)
     s.set_defaults(func=_cmd_send)
 
     b = sub.add_parser(
@@ -152,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("out", metavar="DIR")
     b.add_argument("--node", action="append", required=True, type=_node_id, metavar="ID")
     b.add_argument("--host", default="127.0.0.1", help="broker host name or IP for the certificate")
-    b.add_argument("--port", type=int, default=1883)
-    b.add_argument("--tls-port", type=int, default=8883)
+    b.add_argument("--port", type=int, default=1883, help="nodes, plain MQTT (default 1883)")
+    b.add_argument("--tls-port", type=int, default=8883, help="nodes, TLS (default 8883)")
+    b.add_argument("--ground-port", type=int, default=1884, help="ground, plain MQTT (default 1884)")
+    b.add_argument("--ground-tls-port", type=int, default=8884, help="ground, TLS (default 8884)")
     b.set_defaults(func=_cmd_broker_files)
 
     from ground.query import add_subcommands  # serve, ingest, events, query, export
@@ -234,10 +235,14 @@ async def _send(args: argparse.Namespace) -> int:
         print(f"{PROG} send: {key_file} has no key for {args.node}", file=sys.stderr)
         return 2
     counter = CounterStore(counter_path(key_file)).next(args.node)
-    tc = build_telecommand(
-        node_id=args.node, name=args.name, args=cmd_args, key=key, counter=counter,
-        expires_in=args.expires, exec_at=_exec_at(args.at), command_id=args.id,
-    )
+    try:
+        tc = build_telecommand(
+            node_id=args.node, name=args.name, args=cmd_args, key=key, counter=counter,
+            expires_in=args.expires, exec_at=_exec_at(args.at), command_id=args.id,
+        )
+    except (ValueError, LocalProtocolError) as exc:
+        print(f"{PROG} send: {exc}", file=sys.stderr)
+        return 2
     tls = None
     if args.tls_ca:
         import ssl
@@ -250,7 +255,7 @@ async def _send(args: argparse.Namespace) -> int:
         async with asyncio.timeout(args.timeout):
             async for report in send_command(
                 host, port, tc, follow_schedule=args.wait, username=args.username,
-                password=args.password, tls_context=tls,
+                password=mqtt_password(args), tls_context=tls,
             ):
                 print(format_report(report), flush=True)
                 last = report
@@ -277,8 +282,19 @@ def _cmd_broker_files(args: argparse.Namespace) -> int:
     from ground.brokerfiles import make_broker_files
 
     out = Path(args.out)
-    make_broker_files(out, args.node, host=args.host, port=args.port, tls_port=args.tls_port)
-    print(f"wrote passwd, acl, credentials.json, tc-keys.json, TLS files and mosquitto.conf to {out}")
+    try:
+        make_broker_files(out, args.node, host=args.host, port=args.port, tls_port=args.tls_port,
+                          ground_port=args.ground_port, ground_tls_port=args.ground_tls_port)
+    except ValueError as exc:
+        print(f"{PROG} broker-files: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote passwd, passwd-ground, acl, credentials.json, tc-keys.json, TLS files and "
+          f"mosquitto.conf to {out}")
+    conf = (out / "mosquitto.conf").read_text()
+    if "\nuser root\n" in conf:
+        print(f"{PROG} broker-files: warning: mosquitto will run as root (its user 'mosquitto' "
+              f"is missing or cannot reach {out.resolve()}); generate into a directory it can "
+              "reach, e.g. /etc/mosquitto/umbra, to let it drop root", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,9 @@
 ground/export.py).
 
 umbra-ground serve  [--mqtt H:P] [--http H:P] [--archive URL] [--users FILE] [--key-file F]
+                    [--username U --password-file F --tls-ca CA] [--demo-users] [--secure-cookies]
 umbra-ground ingest [--mqtt H:P] [--archive URL] [--shared GROUP] [--workers N]
+                    [--username U --password-file F --tls-ca CA]
 umbra-ground events [--node ID] [--severity LEVEL] [--search TEXT] [--since T] [--until T]
 umbra-ground query CHANNEL --node ID [--since T] [--until T]
 umbra-ground export --format csv|parquet --out FILE [--node ID] [--since T] [--until T]
@@ -17,13 +19,17 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ground.archive import DEFAULT_SQLITE, Archive
 from node.bus.payloads import Severity
+from node.errors import ConfigError
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -85,6 +91,31 @@ def _window_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", type=parse_time, metavar="T", help="up to this time")
 
 
+def mqtt_auth_args(p: argparse.ArgumentParser) -> None:
+    """Broker credentials and TLS, as for every ground tool that connects (the production
+    broker refuses anonymous clients: `umbra-ground broker-files`)."""
+    p.add_argument("--username", metavar="USER", help="broker user name (e.g. ground)")
+    p.add_argument("--password", metavar="PASSWORD",
+                   help="broker password (visible to `ps`: prefer --password-file or "
+                   "UMBRA_MQTT_PASSWORD)")
+    p.add_argument("--password-file", metavar="FILE", help="read the broker password from FILE")
+    p.add_argument("--tls-ca", metavar="CA.crt", help="connect with TLS, trusting this CA")
+
+
+def mqtt_password(args: argparse.Namespace) -> str | None:
+    if getattr(args, "password_file", None):
+        try:
+            return Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"umbra-ground: cannot read --password-file: {exc}") from None
+    return getattr(args, "password", None) or os.environ.get("UMBRA_MQTT_PASSWORD") or None
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    ca = getattr(args, "tls_ca", None)
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
 def add_subcommands(sub: Any) -> None:
     """Register serve, ingest, events, query and export on ``umbra-ground``'s subparsers."""
     from ground.cli import DEFAULT_MQTT, _node_id, parse_endpoint
@@ -103,6 +134,13 @@ def add_subcommands(sub: Any) -> None:
     s.add_argument("--shared", metavar="GROUP", help="ingest on an MQTT v5 shared subscription")
     s.add_argument("--no-ingest", action="store_true",
                    help="only serve: separate `umbra-ground ingest` workers fill the archive")
+    s.add_argument("--demo-users", action="store_true",
+                   help="allow the demo users (demo/demo, viewer/viewer) on a non-loopback address")
+    s.add_argument("--secure-cookies", action="store_true",
+                   help="mark session cookies Secure (when a TLS proxy serves the console)")
+    s.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                   help="another origin that may post, e.g. https://console.example (a TLS proxy)")
+    mqtt_auth_args(s)
     s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("ingest", help="archive telemetry (one or more workers; for a fleet)",
@@ -113,6 +151,7 @@ def add_subcommands(sub: Any) -> None:
     i.add_argument("--shared", metavar="GROUP", nargs="?", const=DEFAULT_GROUP,
                    help=f"shared-subscription group (default when given: {DEFAULT_GROUP})")
     i.add_argument("--workers", type=int, default=1, metavar="N", help="workers in this process")
+    mqtt_auth_args(i)
     i.set_defaults(func=cmd_ingest)
 
     e = sub.add_parser("events", help="print archived events, newest last")
@@ -176,9 +215,15 @@ async def _serve(args: argparse.Namespace) -> int:
     config = ConsoleConfig(
         mqtt_host=host, mqtt_port=port, http_host=http_host, http_port=http_port,
         archive=args.archive, users_file=args.users, key_file=args.key_file,
-        ingest=not args.no_ingest, shared=args.shared,
+        ingest=not args.no_ingest, shared=args.shared, demo_users=args.demo_users,
+        secure_cookies=args.secure_cookies, allowed_origins=tuple(args.allowed_origin),
+        mqtt_username=args.username, mqtt_password=mqtt_password(args), mqtt_tls_ca=args.tls_ca,
     )
-    await serve(config, announce=lambda text: print(text, flush=True))
+    try:
+        await serve(config, announce=lambda text: print(text, flush=True))
+    except ConfigError as exc:
+        print(f"umbra-ground serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -194,7 +239,9 @@ async def _ingest(args: argparse.Namespace) -> int:
         for n in range(args.workers):
             archive = stack.enter_context(Archive(args.archive, worker=f"w{n}"))
             ing = await stack.enter_async_context(
-                Ingestor(archive=archive, host=host, port=port, shared=args.shared))
+                Ingestor(archive=archive, host=host, port=port, shared=args.shared,
+                         username=args.username, password=mqtt_password(args),
+                         tls_context=tls_context(args)))
             print(f"umbra-ground ingest: worker {n} ({ing.client_id}) → {archive.url}"
                   + (f" on shared group {args.shared}" if args.shared else ""), flush=True)
         await asyncio.Event().wait()

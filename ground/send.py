@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 
 from node.bus import signing
-from node.bus.payloads import Leaf, Stage, TcReport, Telecommand, topic
+from node.bus.payloads import Leaf, Stage, TcReport, Telecommand, counter_limit, topic
 from node.errors import RemoteProtocolError
 
 DEFAULT_EXPIRES_S = 60.0
@@ -40,6 +40,9 @@ def build_telecommand(
     now: float | None = None,
 ) -> Telecommand:
     now = time.time() if now is None else now
+    if counter > counter_limit(now):
+        raise ValueError(f"counter {counter} is beyond UTC in µs plus a day: nodes refuse it "
+                         "(COUNTER_AHEAD), and accepting it would lock out every later command")
     expires = now + expires_in
     tc = Telecommand(
         node_id=node_id,

@@ -147,11 +147,13 @@ class Mosquitto:
         tls_files: tuple[str | os.PathLike[str], str | os.PathLike[str], str | os.PathLike[str]] | None = None,
         tls_port: int | None = None,
         persistence: bool = False,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Secured mode: ``password_file`` (anonymous clients refused), ``acl_file``, and
         ``tls_files`` = (cafile, certfile, keyfile) for a TLS listener on ``tls_port``
         (still loopback).  ``persistence`` keeps sessions and queued QoS 1 messages in
-        ``workdir`` across a stop/start."""
+        ``workdir`` across a stop/start.  ``config_file``: run that configuration as it is
+        (``umbra-ground broker-files``' own), listening on ``port`` (and ``tls_port``)."""
         self.binary = binary or find_mosquitto()
         self.password_file = password_file
         self.acl_file = acl_file
@@ -164,7 +166,12 @@ class Mosquitto:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="umbra-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf_path = self.workdir / "mosquitto.conf"
+        self.config_file = Path(config_file) if config_file is not None else None
+        if self.config_file is not None and port is None:
+            raise ValueError("a config_file broker needs the port its config listens on")
+        if self.config_file is not None:
+            self.tls_port = tls_port
+        self.conf_path = self.config_file or self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: ManagedProcess | None = None
 
@@ -217,7 +224,8 @@ class Mosquitto:
         """Start mosquitto and return once it accepts connections on our port."""
         if self.running:
             return self
-        self._write_config()
+        if self.config_file is None:
+            self._write_config()
         if self._proc is None:
             self._proc = ManagedProcess(
                 [self.binary, "-c", str(self.conf_path)], name="mosquitto", log_dir=self.workdir

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="who reads and caps the GPUs: the serial board (default), NVML (real NVIDIA GPUs; "
         "platform values from the serial board, or a fixed profile without one), or a fake NVML",
     )
+    p.add_argument(
+        "--reset-tc-counter",
+        action="store_true",
+        help="recovery: set the last accepted telecommand counter to this node's UTC in µs and "
+        "exit (a node that once accepted a counter far ahead refuses every later command as "
+        "REPLAYED; docs/ground.md, security model)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     p.add_argument("--version", action="version", version=f"umbra-node {__version__}")
@@ -179,9 +186,38 @@ async def run(
         await stop.wait()
 
 
+def reset_tc_counter(data_dir: Path, now: float | None = None) -> tuple[int, int]:
+    """Set the persisted last counter to UTC in µs when it is above it; (before, after)."""
+    import sqlite3
+    import time
+
+    path = data_dir / "commands.sqlite"
+    if not path.exists():
+        raise ConfigError(f"no command store at {path}", source=str(path))
+    clock_us = int((time.time() if now is None else now) * 1_000_000)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'last_counter'").fetchone()
+        before = int(row[0]) if row else 0
+        after = min(before, clock_us)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'last_counter'", (after,))
+    finally:
+        db.close()
+    return before, after
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level=args.log_level, json_lines=args.log_json)
+    if args.reset_tc_counter:
+        try:
+            before, after = reset_tc_counter(Path(load_config(args).data_dir))
+        except ConfigError as exc:
+            print(f"umbra-node: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"umbra-node: last telecommand counter {before} → {after}"
+              + ("" if before != after else " (unchanged: not ahead of this node's clock)"))
+        return 0
     try:
         config = load_config(args)
         if config.link.serial:

@@ -86,3 +86,4 @@ class Reason(enum.IntEnum):
     UNSUPPORTED = 13  # known command this node or board cannot carry out
     NOT_FOUND = 14  # the thing the command names (scheduled command, job) does not exist
     INTERRUPTED = 15  # execution was cut short by a node restart; its effect is unknown
+    COUNTER_AHEAD = 16  # counter beyond the node's UTC in µs plus a day: one bad counter must not lock ground out

@@ -141,10 +141,10 @@ async def test_commands_through_mosquitto_to_a_real_node(mosquitto, tmp_path) ->
                 (build_telecommand(node_id=node_id, name="set_mode", args={"mode": "NOMINAL"},
                                    key=key, counter=2, command_id="replayed"), Reason.REPLAYED),
                 (build_telecommand(node_id=node_id, name="set_mode", args={"mode": "NOMINAL"}, key=key,
-                                   counter=time.time_ns(), expires_in=-5, command_id="expired"),
+                                   counter=time.time_ns() // 1000, expires_in=-5, command_id="expired"),
                  Reason.EXPIRED),
                 (build_telecommand(node_id=node_id, name="set_mode", args={"mode": 3}, key=key,
-                                   counter=time.time_ns() + 1, command_id="badtype"), Reason.BAD_ARGUMENT),
+                                   counter=time.time_ns() // 1000 + 1, command_id="badtype"), Reason.BAD_ARGUMENT),
             ]
             for tc, reason in cases:
                 reports = [r async for r in send_command(mosquitto.host, mosquitto.port, tc)]

@@ -1,26 +1,40 @@
-"""Mosquitto with the production security files (deploy/mosquitto, `umbra-ground broker-files`)."""
+"""Mosquitto run with exactly the configuration `umbra-ground broker-files` writes
+(passwords, ACL, TLS, per-listener client ids), as root starts it in production."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pwd
 import ssl
+import tempfile
+from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from ground.brokerfiles import make_broker_files
-from hil.broker import Mosquitto
+from ground.brokerfiles import MESSAGE_SIZE_LIMIT, make_broker_files
+from hil.broker import Mosquitto, free_port
 from node.bus.payloads import Leaf, topic
 
 # openssl and mosquitto_passwd (Debian's mosquitto package) are installed by `make test`;
 # without them the fixture fails loudly rather than skipping.
 
 
+def generated_broker(out: Path, nodes: list[str]) -> tuple[Mosquitto, dict[str, str]]:
+    ports = [free_port() for _ in range(4)]
+    users = make_broker_files(out, nodes, port=ports[0], tls_port=ports[1], ground_port=ports[2],
+                              ground_tls_port=ports[3])
+    broker = Mosquitto(config_file=out / "mosquitto.conf", port=ports[0], tls_port=ports[1],
+                       workdir=out / "mq")
+    broker.ground_port, broker.ground_tls_port = ports[2], ports[3]  # type: ignore[attr-defined]
+    return broker, users
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("broker-files")
-    users = make_broker_files(out, ["node-a", "node-b"])
-    broker = Mosquitto(workdir=out / "mq", password_file=out / "passwd", acl_file=out / "acl",
-                       tls_files=(out / "ca.crt", out / "server.crt", out / "server.key"))
+    broker, users = generated_broker(out, ["node-a", "node-b"])
     broker.start()
     try:
         yield broker, users, out
@@ -29,7 +43,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
 
 
 def client(broker: Mosquitto, user: str | None, users: dict[str, str], **kw) -> aiomqtt.Client:
-    return aiomqtt.Client(broker.host, kw.pop("port", broker.port), username=user,
+    """A client on the listener its user belongs to: ground's, or the nodes'."""
+    port = kw.pop("port", broker.ground_port if user == "ground" else broker.port)  # type: ignore[attr-defined]
+    return aiomqtt.Client(broker.host, port, username=user,
                           password=users.get(user or "", None), timeout=5.0, **kw)
 
 
@@ -96,10 +112,12 @@ async def test_node_reads_only_its_own_commands(secured) -> None:
 async def test_tls_listener(secured) -> None:
     broker, users, out = secured
     ctx = ssl.create_default_context(cafile=str(out / "ca.crt"))
-    async with client(broker, "ground", users, port=broker.tls_port, tls_context=ctx) as c:
+    async with client(broker, "ground", users, port=broker.ground_tls_port, tls_context=ctx) as c:
         await c.publish(topic("node-a", Leaf.TC), b"x", qos=1)
+    async with client(broker, "node-a", users, port=broker.tls_port, tls_context=ctx) as c:
+        await c.publish(topic("node-a", Leaf.HK), b"x", qos=1)
     with pytest.raises(aiomqtt.MqttError):  # a client that does not trust our CA
-        async with client(broker, "ground", users, port=broker.tls_port,
+        async with client(broker, "ground", users, port=broker.ground_tls_port,
                           tls_context=ssl.create_default_context()):
             pass
 
@@ -133,3 +151,103 @@ async def test_node_reports_over_tls_with_its_credentials(secured, tmp_path) -> 
                         break
         finally:
             bench.stop()
+
+
+# -- takeovers, sizes, root (issue #14 rows 5, 10, 12) ------------------------------------
+
+
+async def _still_connected(c: aiomqtt.Client, user_topic: str, publisher: aiomqtt.Client) -> bool:
+    """Does ``c`` still receive? (A client kicked off by a takeover does not.)"""
+    await publisher.publish(user_topic, b"still there?", qos=1)
+    try:
+        async with asyncio.timeout(2.0):
+            async for m in c.messages:
+                if str(m.topic) == user_topic:
+                    return True
+    except (TimeoutError, aiomqtt.MqttError):
+        return False
+    return False
+
+
+async def test_node_credentials_cannot_take_another_clients_id(secured) -> None:
+    """node-a connecting with node-b's (or the ingest's) client id gets its own id: nobody is
+    kicked off. With a plain config, the broker would drop node-b and send its Last Will."""
+    broker, users, _ = secured
+    async with client(broker, "ground", users, identifier="umbra-ingest-0123456789abcdef0123") as ground, \
+            client(broker, "node-b", users, identifier="node-b") as b:
+        await b.subscribe(topic("node-b", Leaf.TC), qos=1)
+        await ground.subscribe(topic("node-a", Leaf.HK), qos=1)
+        for stolen in ("node-b", "umbra-ingest-0123456789abcdef0123"):
+            async with client(broker, "node-a", users, identifier=stolen) as a:
+                await a.publish(topic("node-a", Leaf.HK), b"hello", qos=1)
+                assert await _still_connected(b, topic("node-b", Leaf.TC), ground), stolen
+        # Ground is still subscribed too: node-a's packets reach it.
+        async with client(broker, "node-a", users) as a:
+            await a.publish(topic("node-a", Leaf.HK), b"again", qos=1)
+        async with asyncio.timeout(3.0):
+            async for m in ground.messages:
+                if m.payload == b"again":
+                    break
+
+
+async def test_node_credentials_do_not_open_the_ground_listener(secured) -> None:
+    broker, users, _ = secured
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(broker, "node-a", users, port=broker.ground_port):
+            pass
+    with pytest.raises(aiomqtt.MqttError):  # nor ground's the node listener
+        async with client(broker, "ground", users, port=broker.port):
+            pass
+
+
+async def test_oversize_messages_are_not_forwarded(secured) -> None:
+    broker, users, _ = secured
+    async with client(broker, "ground", users) as ground:
+        await ground.subscribe(topic("node-a", Leaf.EVENT), qos=1)
+        async with client(broker, "node-a", users) as a:
+            await a.publish(topic("node-a", Leaf.EVENT), b"x" * (MESSAGE_SIZE_LIMIT + 1), qos=1)
+            await a.publish(topic("node-a", Leaf.EVENT), b"small", qos=1)
+        got = []
+        async with asyncio.timeout(3.0):
+            async for m in ground.messages:
+                got.append(len(m.payload))  # type: ignore[arg-type]
+                if m.payload == b"small":
+                    break
+    assert got == [5]
+
+
+async def test_generated_config_runs_when_root_starts_it_with_a_reachable_directory() -> None:
+    """Root-started mosquitto drops to its own user: the generated files must be readable
+    by that user (or the config keeps root, where it cannot reach them)."""
+    base = Path(tempfile.mkdtemp(prefix="umbra-broker-files-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o711)  # traversable, as /etc/mosquitto/umbra would be
+        broker, users = generated_broker(base / "umbra", ["node-a"])
+        conf = (base / "umbra" / "mosquitto.conf").read_text()
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam("mosquitto")
+                expected = "user mosquitto"
+            except KeyError:
+                expected = "user root"
+            assert expected in conf.splitlines()
+            if expected == "user mosquitto":
+                owner = pwd.getpwuid((base / "umbra" / "passwd").stat().st_uid).pw_name
+                assert owner == "mosquitto"
+                assert (base / "umbra" / "passwd").stat().st_mode & 0o077 == 0  # still private
+        with broker:
+            async with client(broker, "node-a", users) as a:
+                await a.publish(topic("node-a", Leaf.HK), b"x", qos=1)
+            async with client(broker, "ground", users):
+                pass
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_broker_files_refuse_reserved_node_ids(tmp_path) -> None:
+    with pytest.raises(ValueError, match="ground"):
+        make_broker_files(tmp_path, ["ground"], certs=False)
+    with pytest.raises(ValueError, match="umbra-"):
+        make_broker_files(tmp_path, ["umbra-ingest-1"], certs=False)

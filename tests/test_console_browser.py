@@ -136,8 +136,10 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
             page.goto(f"{url}/node/{node_id}")
             expect(page.locator("#viewer-note")).to_be_visible()
             expect(page.locator("#cmd-send")).to_be_disabled()
+            token = page.locator('meta[name="csrf-token"]').get_attribute("content")
             resp = page.request.post(f"{url}/api/node/{node_id}/commands",
-                                     data={"name": "ping", "args": {}})
+                                     data={"name": "ping", "args": {}},
+                                     headers={"X-CSRF-Token": token or ""})
             assert resp.status == 403, resp.text()
             assert "viewer" in resp.json()["error"]
         finally:

@@ -81,10 +81,18 @@ def test_alarms_latch_until_acknowledged(tmp_path: Path) -> None:
 
 def test_states_reports_commands_and_queries(tmp_path: Path) -> None:
     with Archive(tmp_path / "a.sqlite") as a:
-        a.store([NodeState(node_id="n1", online=True, boot_id="b", utc=5.0, dict_hash="abc")])
-        a.store([NodeState(node_id="n1", online=False, utc=4.0)])  # older: ignored
+        a.store([NodeState(node_id="n1", online=True, boot_id="b", utc=5.0, dict_hash="abc")],
+                received=100.0)
+        # Received before the birth (another worker writing late): ignored, whatever its utc.
+        a.store([NodeState(node_id="n1", online=False, utc=6.0)], received=99.0)
         node = a.node("n1")
         assert node is not None and node["online"] == 1 and node["dict_hash"] == "abc"
+        # A claimed far-future utc does not pin the state: the next one received wins.
+        a.store([NodeState(node_id="n1", online=True, boot_id="b", utc=9e10, dict_hash="abc")],
+                received=101.0)
+        a.store([NodeState(node_id="n1", online=False, utc=5.5)], received=102.0)
+        node = a.node("n1")
+        assert node is not None and node["online"] == 0
         a.store([hk("n1", s, temp=50.0 + s) for s in range(1, 6)])
         assert [v for _, _, v in a.query("temp_c[1]", "n1")] == [52.0, 53.0, 54.0, 55.0, 56.0]
         assert [s for _, s, _ in a.query("battery_soc", "n1", since=1_700_000_002.0,

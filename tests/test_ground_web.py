@@ -56,10 +56,22 @@ async def console(embedded_broker: EmbeddedBroker, tmp_path: Path) -> AsyncItera
 
 
 async def _session(console: Console, user: str, password: str) -> aiohttp.ClientSession:
-    s = aiohttp.ClientSession(console.url, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    """Logged in as a browser on the console's own pages would be: Origin and CSRF token set."""
+    s = aiohttp.ClientSession(console.url, cookie_jar=aiohttp.CookieJar(unsafe=True),
+                              headers={"Origin": console.url})
     async with s.post("/login", data={"user": user, "password": password}) as r:
         assert r.status == 200 and str(r.url).endswith("/")
+        page = await r.text()
+    s.headers["X-CSRF-Token"] = csrf_of(page)
     return s
+
+
+def csrf_of(page: str) -> str:
+    import re
+
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+    assert found, "the page carries no CSRF token"
+    return found.group(1)
 
 
 async def _until(pred: Any, timeout: float = 10.0) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ipaddress
 import logging
+import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +28,12 @@ import aiohttp
 from aiohttp import web
 
 from ground.archive import Archive
-from ground.ingest import Ingestor
+from ground.ingest import FUTURE_SLACK_S, Ingestor
 from ground.jsonsafe import dumps
 from ground.limits import describe as describe_limits
-from ground.web.auth import Sessions, User, demo_users, load_users
+from ground.web.auth import LoginRefused, Sessions, User, demo_users, load_users
 from node.bus.commands import BY_NAME, dictionary, dictionary_hash, validate
-from node.errors import CommandRejected, ConfigError
+from node.errors import CommandRejected, ConfigError, LocalProtocolError
 
 log = logging.getLogger("umbra.ground.web")
 
@@ -38,8 +41,32 @@ STATIC = Path(__file__).with_name("static")
 COOKIE = "umbra_session"
 MAX_POINTS = 600
 USER: Any = web.RequestKey("user", object) if hasattr(web, "RequestKey") else "user"
+CSRF: Any = web.RequestKey("csrf", str) if hasattr(web, "RequestKey") else "csrf"
 WINDOWS = (60, 300, 900, 3600, 21600)
 COMMAND_TIMEOUT_S = 30.0
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf"
+#: Sent with every response: no framing, no inline or foreign scripts, no MIME sniffing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+#: The largest request body accepted (a command's arguments are ≤ 4 KiB on the bus).
+MAX_BODY = 64 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +84,19 @@ class ConsoleConfig:
     shared: str | None = None
     #: Online nodes silent for this long are shown as stale.
     stale_after_s: float = 10.0
+    #: Without a users file the demo users exist only on loopback, unless this is set.
+    demo_users: bool = False
+    #: Mark session cookies Secure (behind a TLS proxy; on by itself for https requests).
+    secure_cookies: bool = False
+    #: Origins besides the console's own that may post (a TLS proxy's https://host).
+    allowed_origins: tuple[str, ...] = ()
+    #: Broker credentials and TLS for the console's ingest and its commands.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls_ca: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.mqtt_tls_ca) if self.mqtt_tls_ca else None
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -70,6 +110,11 @@ class Console:
             self.users = load_users(config.users_file)
             self.demo_users = False
         else:
+            if not (is_loopback(config.http_host) or config.demo_users):
+                raise ConfigError(
+                    f"the console on {config.http_host} (not loopback) needs a users file "
+                    "(--users FILE; make hashes with `python -m ground.web.auth`); the demo "
+                    "users only with --demo-users", key="users")
             self.users = demo_users()
             self.demo_users = True
         self.sessions = Sessions(self.users)
@@ -92,7 +137,8 @@ class Console:
             if self.config.ingest:
                 self.ingestor = await self._stack.enter_async_context(Ingestor(
                     archive=self.archive, host=self.config.mqtt_host, port=self.config.mqtt_port,
-                    shared=self.config.shared,
+                    shared=self.config.shared, username=self.config.mqtt_username,
+                    password=self.config.mqtt_password, tls_context=self.config.tls_context(),
                 ))
             self._runner = web.AppRunner(self.make_app(), access_log=None)
             await self._runner.setup()
@@ -122,7 +168,8 @@ class Console:
         self.archive.close()
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth_middleware])
+        app = web.Application(middlewares=[self._headers_middleware, self._origin_middleware,
+                                           self._auth_middleware], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/login", self.login_page)
         r.add_post("/login", self.login_post)
@@ -145,21 +192,76 @@ class Console:
     # -- auth -----------------------------------------------------------------------------
 
     @web.middleware
+    async def _headers_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:  # redirects and errors carry the headers too
+            exc.headers.update(SECURITY_HEADERS)
+            raise
+        resp.headers.update(SECURITY_HEADERS)
+        return resp
+
+    def _same_origin(self, request: web.Request) -> bool:
+        """A state-changing request must come from the console's own pages.
+
+        Browsers send ``Origin`` with every cross-origin POST (and with same-origin ones);
+        ``Referer`` is the fallback. SameSite=Strict alone is not enough: another port of
+        the same host is the same *site*.
+        """
+        own = {f"{request.scheme}://{request.host}", *self.config.allowed_origins}
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            return origin in own  # "null" (a sandboxed frame, a data: page) is never ours
+        referer = request.headers.get("Referer")
+        if referer is not None:
+            return any(referer == o or referer.startswith(o + "/") for o in own)
+        # Neither: not a browser (which always names the origin of a cross-origin POST), or
+        # one that hides both; the session's CSRF token still has to be right.
+        return True
+
+    @web.middleware
+    async def _origin_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not self._same_origin(request):
+            log.warning("refused a cross-origin %s %s (Origin %r, Referer %r)", request.method,
+                        request.path, request.headers.get("Origin"), request.headers.get("Referer"))
+            return _json({"error": "cross-origin request refused"}, 403)
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in ("/login",) or request.path.startswith("/static/"):
             resp: web.StreamResponse = await handler(request)
             return resp
-        user = self.sessions.user(request.cookies.get(COOKIE))
+        token = request.cookies.get(COOKIE)
+        user = self.sessions.user(token)
         if user is None:
             if request.path.startswith("/api/"):
                 return _json({"error": "log in first"}, 401)
             raise web.HTTPFound("/login")
+        if request.method == "POST":
+            csrf = self.sessions.csrf(token)
+            sent = request.headers.get(CSRF_HEADER)
+            if not sent and request.content_type == "application/x-www-form-urlencoded":
+                sent = str((await request.post()).get(CSRF_FIELD, ""))
+            if not csrf or not sent or not secrets.compare_digest(csrf, sent):
+                log.warning("refused %s %s from %s: missing or wrong CSRF token", request.method,
+                            request.path, user.name)
+                return _json({"error": "missing or wrong CSRF token (reload the page)"}, 403)
+            if request.path.startswith("/api/") and request.content_type != "application/json":
+                return _json({"error": "send application/json"}, 415)
         request[USER] = user
+        request[CSRF] = self.sessions.csrf(token) or ""
         resp = await handler(request)
         return resp
 
     async def login_page(self, request: web.Request) -> web.Response:
         error = request.query.get("error", "")
+        message = ""
+        if error == "locked":
+            message = '<p class="error" id="locked">Too many failed logins: wait and try again.</p>'
+        elif error:
+            message = '<p class="error">Wrong user name or password.</p>'
         hint = ""
         if self.demo_users:
             hint = ('<p class="hint">Demo users: <b>demo</b> / <b>demo</b> (commander), '
@@ -167,7 +269,7 @@ class Console:
         body = f"""
 <form class="login" method="post" action="/login">
   <h1>Umbra ground console</h1>
-  {'<p class="error">Wrong user name or password.</p>' if error else ''}
+  {message}
   <label>User <input name="user" id="user" autocomplete="username" autofocus></label>
   <label>Password <input name="password" id="password" type="password" autocomplete="current-password"></label>
   <button type="submit" id="login">Log in</button>
@@ -177,12 +279,19 @@ class Console:
 
     async def login_post(self, request: web.Request) -> web.Response:
         form = await request.post()
-        token = await asyncio.to_thread(
-            self.sessions.login, str(form.get("user", "")), str(form.get("password", "")))
+        address = request.remote or ""
+        try:
+            token = await asyncio.to_thread(
+                self.sessions.login, str(form.get("user", ""))[:200],
+                str(form.get("password", ""))[:1000], address)
+        except LoginRefused:
+            raise web.HTTPFound("/login?error=locked") from None
         if token is None:
             raise web.HTTPFound("/login?error=1")
         resp = web.HTTPFound("/")
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        max_age=int(self.sessions.ttl),
+                        secure=self.config.secure_cookies or request.secure)
         raise resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -193,17 +302,20 @@ class Console:
 
     # -- pages ----------------------------------------------------------------------------
 
-    def _page(self, title: str, body: str, user: User | None, page: str = "", **data: str) -> web.Response:
+    def _page(self, title: str, body: str, user: User | None, page: str = "", *, csrf: str = "",
+              **data: str) -> web.Response:
         nav = ""
         if user is not None:
             nav = f"""
 <nav><a href="/" class="brand">Umbra ground</a><a href="/">Fleet</a><a href="/alarms">Alarms <span id="alarm-count" class="badge"></span></a>
 <span class="spacer"></span><span class="who" id="who">{html.escape(user.name)} ({user.role})</span>
-<form method="post" action="/logout"><button id="logout">Log out</button></form></nav>"""
+<form method="post" action="/logout"><input type="hidden" name="{CSRF_FIELD}" value="{html.escape(csrf)}">
+<button id="logout">Log out</button></form></nav>"""
         attrs = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
         text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Umbra</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{html.escape(csrf)}">
 <link rel="stylesheet" href="/static/console.css"></head>
 <body data-page="{page}" {attrs}>{nav}<main>{body}</main>
 <script src="/static/console.js"></script></body></html>"""
@@ -217,7 +329,7 @@ node's birth and death messages; last contact is the last packet received.</p>
 <table id="fleet" class="grid"><thead><tr><th>Node</th><th>State</th><th>Mode</th>
 <th>Worst alarm</th><th>Last contact</th><th>Packets</th><th>Gaps</th><th>Dictionary</th></tr></thead>
 <tbody><tr><td colspan="8" class="muted">waiting for nodes…</td></tr></tbody></table>"""
-        return self._page("Fleet", body, request[USER], "fleet")
+        return self._page("Fleet", body, request[USER], "fleet", csrf=request[CSRF])
 
     async def node_page(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]
@@ -260,7 +372,7 @@ per-GPU progress only).</p></div>
 <label class="inline">search <input id="ev-search" type="search" placeholder="text or kind"></label></h2>
 <table class="grid" id="events"><thead><tr><th>UTC</th><th>#</th><th>Severity</th><th>Kind</th><th>Text</th></tr></thead><tbody></tbody></table>
 </section>"""
-        return self._page(f"Node {node}", body, user, "node", node=node,
+        return self._page(f"Node {node}", body, user, "node", csrf=request[CSRF], node=node,
                           role=str(user.role))
 
     async def alarms_page(self, request: web.Request) -> web.Response:
@@ -271,7 +383,7 @@ in the green. Limits: <span id="limits"></span></p>
 <label class="inline"><input type="checkbox" id="show-acked"> show acknowledged</label>
 <table class="grid" id="alarms"><thead><tr><th>Node</th><th>Channel</th><th>Now</th><th>Worst</th>
 <th>Value</th><th>First</th><th>Last</th><th>Acknowledged</th></tr></thead><tbody></tbody></table>"""
-        return self._page("Alarms", body, request[USER], "alarms",
+        return self._page("Alarms", body, request[USER], "alarms", csrf=request[CSRF],
                           role=str(request[USER].role))
 
     # -- API ------------------------------------------------------------------------------
@@ -327,8 +439,9 @@ in the green. Limits: <span id="limits"></span></p>
         now = time.time()
         info = self.archive.node(node)
         latest = self.archive.latest_hk(node)
-        # The window ends at the newest packet, so a replayed or stale node still shows.
-        end = max(now, latest["utc"]) if latest else now
+        # The window ends at the newest packet, so a replayed or stale node still shows; never
+        # further ahead than ingest accepts, so a claimed future cannot freeze the page.
+        end = min(max(now, latest["utc"]), now + FUTURE_SLACK_S) if latest else now
         if latest and latest["utc"] < now - window:
             end = latest["utc"]
         # Thinned in SQL over the whole window (newest included); polled every second, so
@@ -379,9 +492,12 @@ in the green. Limits: <span id="limits"></span></p>
         user: User = request[USER]
         if not user.can_command:
             return _json({"error": "acknowledging alarms needs the commander role"}, 403)
-        body = await request.json()
-        ok = await asyncio.to_thread(self.archive.ack_alarm, str(body.get("node", "")),
-                                     str(body.get("channel", "")), user.name)
+        try:
+            body = await request.json()
+            node, channel = str(body["node"]), str(body["channel"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return _json({"error": "expected a JSON object with node and channel"}, 400)
+        ok = await asyncio.to_thread(self.archive.ack_alarm, node, channel, user.name)
         return _json({"acknowledged": ok})
 
     # -- commanding -----------------------------------------------------------------------
@@ -425,6 +541,8 @@ in the green. Limits: <span id="limits"></span></p>
             tc = await asyncio.to_thread(self._build, node, name, args)
         except ConfigError as exc:
             return _json({"error": str(exc)}, 409)
+        except (ValueError, LocalProtocolError) as exc:  # a counter ground must not send, …
+            return _json({"error": str(exc)}, 400)
         await asyncio.to_thread(self.archive.record_command, tc, user.name, "sending")
         task = asyncio.create_task(self._send(tc), name=f"send {tc.id}")
         self._send_tasks.add(task)
@@ -451,7 +569,10 @@ in the green. Limits: <span id="limits"></span></p>
         status = "sent"
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
-                async for report in send_command(self.config.mqtt_host, self.config.mqtt_port, tc):
+                async for report in send_command(
+                        self.config.mqtt_host, self.config.mqtt_port, tc,
+                        username=self.config.mqtt_username, password=self.config.mqtt_password,
+                        tls_context=self.config.tls_context()):
                     status = report.stage
                     await asyncio.to_thread(self.archive.set_command_status, tc.node_id, tc.id, status)
             return

@@ -102,13 +102,48 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "array of floats or nils": lambda v: isinstance(v, tuple)
     and all(x is None or _number(x) for x in v),
     "map of str to int": lambda v: isinstance(v, dict)
-    and all(isinstance(k, str) and _integer(x) for k, x in v.items()),
+    and all(isinstance(k, str) and _integer(x) and 0 <= x <= 2**63 - 1 for k, x in v.items()),
     "map with str keys": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
     "bin": lambda v: isinstance(v, bytes),
 }
 
 
 UINT63_MAX = 2**63 - 1  # a telemetry seq or counter still fits a signed 64-bit column
+#: Longest event text (characters); a node cuts its own texts to this before publishing.
+MAX_EVENT_TEXT = 2000
+#: Deepest nesting of maps and arrays inside ``args`` / ``data`` maps (the map itself is 1).
+MAX_NESTING = 8
+#: Most elements (keys, values, array items) inside one ``args`` / ``data`` map, all levels.
+MAX_ELEMENTS = 1024
+
+
+def check_nesting(value: Any, what: str) -> None:
+    """Refuse a structure nested deeper than MAX_NESTING or holding more than MAX_ELEMENTS.
+
+    Iterative on purpose: it runs before anything recursive (canonicalisation, JSON) sees
+    the value, so a hostile 900-deep map cannot raise RecursionError there.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise LocalProtocolError(f"{what} is nested deeper than {MAX_NESTING} levels")
+        seen += len(children)
+        if seen > MAX_ELEMENTS:
+            raise LocalProtocolError(f"{what} holds more than {MAX_ELEMENTS} elements")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def clip_text(text: str, limit: int = MAX_EVENT_TEXT) -> str:
+    """A text cut to ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def wire(
@@ -190,7 +225,8 @@ class _Payload:
         try:
             return cls._from_map(mapping)
         except (KeyError, TypeError, ValueError, LocalProtocolError) as exc:
-            raise RemoteProtocolError(f"{cls.__name__}: bad payload: {exc!r}") from None
+            raise RemoteProtocolError(f"{cls.__name__}: bad payload: {exc!r}",
+                                      reason="invalid_value") from None
 
     @classmethod
     def _from_map(cls, mapping: dict[str, Any]) -> Self:
@@ -238,7 +274,7 @@ class Housekeeping(_Payload):
     radiator_c: float | None = wire("float or nil", unit="°C")
     board_flags: int = wire("int", lo=0, hi=0xFFFF_FFFF)
     link: dict[str, int] = wire("map of str to int", default_factory=dict)
-    control_us: float = wire("float", default=0.0, unit="µs")
+    control_us: float = wire("float", default=0.0, unit="µs", lo=0.0, hi=1e12)
     #: Set by the outbox when the packet is sent from the backlog after an outage.
     historical: bool = wire("bool", default=False)
     #: Checkpointing per GPU and the interval estimator (docs/jobs.md); empty: no jobs.
@@ -276,7 +312,7 @@ class Event(_Payload):
     utc: float = wire("float", unit="s", lo=0.0, hi=1e11)
     t_board: float = wire("float", unit="s", lo=0.0, hi=1e10)
     kind: str = wire("str")
-    severity: int = wire("int")
+    severity: int = wire("int", lo=0, hi=4)
     text: str = wire("str")
     data: dict[str, Any] = wire("map with str keys", default_factory=dict)
     historical: bool = wire("bool", default=False)
@@ -287,6 +323,19 @@ class Event(_Payload):
         Severity(self.severity)
         if not self.kind or len(self.kind) > 64:
             raise LocalProtocolError("Event.kind must be 1-64 characters")
+        if len(self.text) > MAX_EVENT_TEXT:
+            raise LocalProtocolError(f"Event.text is longer than {MAX_EVENT_TEXT} characters")
+        check_nesting(self.data, "Event.data")
+
+
+#: A counter may run ahead of the receiver's UTC in µs by this much at most (ICD §5.6.3):
+#: ground's counters are ``max(last + 1, UTC in µs)``, so only a broken clock or file gets there.
+COUNTER_AHEAD_S = 86_400.0
+
+
+def counter_limit(now: float) -> int:
+    """The highest counter acceptable at UTC ``now``."""
+    return int((now + COUNTER_AHEAD_S) * 1_000_000)
 
 
 #: Largest telecommand accepted (bytes of msgpack); larger ones fail as MALFORMED.
@@ -300,7 +349,7 @@ class Telecommand(_Payload):
 
     node_id: str = wire("str")
     id: str = wire("str")
-    counter: int = wire("int")
+    counter: int = wire("int", lo=1, hi=UINT63_MAX)
     name: str = wire("str")
     args: dict[str, Any] = wire("map with str keys")
     expires: float = wire("float", unit="s")
@@ -312,10 +361,9 @@ class Telecommand(_Payload):
         check_node_id(self.node_id)
         if not COMMAND_ID_RE.fullmatch(self.id):
             raise LocalProtocolError("Telecommand.id must be 1-64 of A-Z a-z 0-9 _ . : -")
-        if not 1 <= self.counter < 2**63:
-            raise LocalProtocolError("Telecommand.counter must be 1 … 2**63-1")
         if not 1 <= len(self.name) <= 64:
             raise LocalProtocolError("Telecommand.name must be 1-64 characters")
+        check_nesting(self.args, "Telecommand.args")
         for name in ("expires", "exec_at"):
             value = getattr(self, name)
             if value is not None:
@@ -366,6 +414,9 @@ class TcReport(_Payload):
         check_node_id(self.node_id)
         Stage(self.stage)
         FailedAt(self.at)
+        if len(self.text) > MAX_EVENT_TEXT:
+            raise LocalProtocolError(f"TcReport.text is longer than {MAX_EVENT_TEXT} characters")
+        check_nesting(self.data, "TcReport.data")
 
     @property
     def final(self) -> bool:
@@ -381,9 +432,19 @@ PAYLOAD_FOR_LEAF: dict[Leaf, type[_Payload]] = {
 
 
 def decode_message(topic_name: str, data: bytes) -> tuple[str, _Payload]:
-    """Decode any node-published message; RemoteProtocolError when it is not one."""
+    """Decode any node-published message; RemoteProtocolError when it is not one.
+
+    The topic names the publisher (the broker's ACL lets a node write only under its own
+    id), so a payload claiming another node's id is refused (``reason="node_mismatch"``):
+    otherwise node-1's credentials could speak for node-2.
+    """
     node_id, leaf = parse_topic(topic_name)
     cls = PAYLOAD_FOR_LEAF.get(leaf)
     if cls is None:
-        raise RemoteProtocolError(f"no decoder for {leaf.value}")
-    return node_id, cls.from_wire(data)
+        raise RemoteProtocolError(f"no decoder for {leaf.value}", reason="no_decoder")
+    decoded = cls.from_wire(data)
+    claimed = getattr(decoded, "node_id", node_id)
+    if claimed != node_id:
+        raise RemoteProtocolError(
+            f"payload on {topic_name} claims node {claimed!r}", reason="node_mismatch")
+    return node_id, decoded

@@ -13,6 +13,7 @@ Checks, in order (docs/ICD.md §5.6.3); the first that fails decides the reason 
 4. command id never seen: else the stored answer is repeated (``duplicate: true``),
    nothing is executed
 5. counter above the last accepted one                             → REPLAYED
+   and not beyond the node's UTC in µs plus a day                  → COUNTER_AHEAD
 6. not expired                                                     → EXPIRED
 7. known command, arguments typed and in range                     → UNKNOWN_COMMAND,
                                                                      BAD_ARGUMENT, OUT_OF_RANGE
@@ -21,6 +22,11 @@ Checks, in order (docs/ICD.md §5.6.3); the first that fails decides the reason 
 From step 5 on, the command id and counter are persisted before anything else happens,
 so a command is executed at most once even across a crash (one interrupted mid-way is
 reported failed with INTERRUPTED after the restart).
+
+Failures of checks 1-3 come from anyone who can publish on the topic, so they are
+rate-limited: the first REJECT_BURST of an interval are reported one by one, the rest
+counted and summarised in one report and one event per interval.  Duplicate answers are
+limited to DUPLICATE_ANSWERS per command id per interval.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from node.bus.payloads import (
     Stage,
     TcReport,
     Telecommand,
+    counter_limit,
 )
 from node.errors import CommandRejected, Reason, RemoteProtocolError
 
@@ -57,6 +64,12 @@ log = logging.getLogger("umbra.node.bus.tc")
 SCHEDULE_LIMIT = 256
 #: A time-tagged command found overdue (the node was down) still runs if this late at most.
 LATE_TOLERANCE_S = 60.0
+#: Unauthenticated rejections (checks 1-3) reported one by one per interval; the rest summarised.
+REJECT_BURST = 5
+REJECT_INTERVAL_S = 10.0
+#: A retransmitted command is answered again at most this often per interval (a captured
+#: one replayed in a loop must not turn into a report flood).
+DUPLICATE_ANSWERS = 3
 #: Command ids remembered for duplicate answers (oldest forgotten beyond).
 HISTORY_LIMIT = 10_000
 
@@ -291,6 +304,8 @@ class CommandProcessor:
         path: Path | str = ":memory:",
         clock: Callable[[], float] = time.time,
         schedule_limit: int = SCHEDULE_LIMIT,
+        reject_burst: int = REJECT_BURST,
+        duplicate_answers: int = DUPLICATE_ANSWERS,
     ) -> None:
         self.node_id = node_id
         self._key = key
@@ -307,7 +322,14 @@ class CommandProcessor:
         self._schedule_changed = asyncio.Event()
         self.counters: dict[str, int] = {
             "received": 0, "accepted": 0, "rejected": 0, "completed": 0, "failed": 0, "duplicates": 0,
+            "rejections_summarised": 0,
         }
+        self._reject_burst = reject_burst
+        self._duplicate_answers = duplicate_answers
+        self._window_at = -math.inf
+        self._window_reported = 0
+        self._held: dict[Reason, int] = {}
+        self._answers: dict[str, tuple[float, int]] = {}
         if key is None:
             log.warning("no telecommand key for %s: every command will fail with BAD_TAG", node_id)
 
@@ -315,8 +337,11 @@ class CommandProcessor:
 
     def recover(self) -> None:
         """After a restart: commands that were executing when the node died failed."""
+        # 'scheduled' without its schedule row: run_due took it and the node died before the
+        # command's outcome was stored.
         rows = self._db.execute(
-            "SELECT id, counter, name FROM commands WHERE state IN ('accepted', 'started')"
+            "SELECT id, counter, name FROM commands WHERE state IN ('accepted', 'started') OR "
+            "(state = 'scheduled' AND id NOT IN (SELECT id FROM schedule))"
         ).fetchall()
         for cid, counter, name in rows:
             self._final(cid, counter, name, Stage.FAILED, Reason.INTERRUPTED, FailedAt.COMPLETION,
@@ -329,6 +354,7 @@ class CommandProcessor:
         self.counters["received"] += 1
         try:
             self._handle(data)
+            self.flush_rejections()
         except Exception:  # a bug here must not take the node down
             log.exception("command processor failed on a %d-byte message", len(data))
 
@@ -361,6 +387,14 @@ class CommandProcessor:
             return
         if tc.counter <= self.last_counter:
             self._reject(tc, Reason.REPLAYED, f"counter {tc.counter} not above {self.last_counter}",
+                         record=False)
+            return
+        ahead = counter_limit(now)
+        if tc.counter > ahead:
+            # Accepting it would make every later command REPLAYED: the node could never be
+            # commanded again.
+            self._reject(tc, Reason.COUNTER_AHEAD,
+                         f"counter {tc.counter} is beyond this node's UTC in µs plus a day ({ahead})",
                          record=False)
             return
         self._record(tc)
@@ -414,6 +448,15 @@ class CommandProcessor:
 
     def _answer_duplicate(self, tc: Telecommand, known: tuple[Any, ...]) -> None:
         self.counters["duplicates"] += 1
+        now = time.monotonic()
+        since, answered = self._answers.get(tc.id, (now, 0))
+        if now - since >= REJECT_INTERVAL_S:
+            since, answered = now, 0
+        if answered >= self._duplicate_answers:
+            return
+        if len(self._answers) > 1000:
+            self._answers.clear()
+        self._answers[tc.id] = (since, answered + 1)
         state, final, counter, name = known
         if final is not None:
             f = msgpack.unpackb(final, raw=False)
@@ -515,7 +558,12 @@ class CommandProcessor:
             "ORDER BY exec_at, counter", (now,)
         ).fetchall()
         for cid, exec_at, counter, name, args in rows:
+            # One transaction: a crash after it leaves the command 'started' (recover() then
+            # reports it INTERRUPTED), never neither scheduled nor started.
+            self._db.execute("BEGIN")
             self._db.execute("DELETE FROM schedule WHERE id = ?", (cid,))
+            self._db.execute("UPDATE commands SET state = 'started' WHERE id = ?", (cid,))
+            self._db.execute("COMMIT")
             if now - exec_at > LATE_TOLERANCE_S:
                 self._final(cid, counter, name, Stage.FAILED, Reason.EXPIRED, FailedAt.START,
                             f"missed its execution time by {now - exec_at:.0f} s")
@@ -532,6 +580,7 @@ class CommandProcessor:
         """Forever: run time-tagged commands when due (the bus owns this task)."""
         while True:
             self.run_due()
+            self.flush_rejections()
             due = self.next_due()
             delay = 3600.0 if due is None else max(0.0, due - self._clock())
             self._schedule_changed.clear()
@@ -540,11 +589,43 @@ class CommandProcessor:
 
     # -- reports --------------------------------------------------------------------------
 
+    def _unauthenticated_over_limit(self, code: Reason) -> bool:
+        """Count one unauthenticated rejection; True when it is past this interval's burst."""
+        now = time.monotonic()
+        if now - self._window_at >= REJECT_INTERVAL_S:
+            self.flush_rejections(force=True)
+            self._window_at, self._window_reported = now, 0
+        if self._window_reported < self._reject_burst:
+            self._window_reported += 1
+            return False
+        self._held[code] = self._held.get(code, 0) + 1
+        return True
+
+    def flush_rejections(self, *, force: bool = False) -> None:
+        """Publish the summary of rejections held back, once their interval is over."""
+        if not self._held or not (force or time.monotonic() - self._window_at >= REJECT_INTERVAL_S):
+            return
+        held, self._held = self._held, {}
+        total = sum(held.values())
+        self.counters["rejections_summarised"] += total
+        worst = max(held, key=lambda r: held[r])
+        by_reason = {r.name: n for r, n in sorted(held.items())}
+        text = (f"{total} more unauthenticated telecommands rejected in {REJECT_INTERVAL_S:g} s: "
+                + ", ".join(f"{k} {v}" for k, v in by_reason.items()))
+        log.warning("%s", text)
+        self._report("", 0, "", Stage.FAILED, code=worst, at=FailedAt.ACCEPTANCE, text=text,
+                     data={"held": total, **{f"n_{k}": v for k, v in by_reason.items()}})
+        self._event("tc_rejected_summary", Severity.WARNING, text, held=total, **by_reason)
+        self._window_reported = 0
+
     def _reject(self, tc: Telecommand | None, code: Reason, text: str, *, record: bool) -> None:
         self.counters["rejected"] += 1
         cid = tc.id if tc else ""
         counter = tc.counter if tc else 0
         name = tc.name if tc else ""
+        if code in (Reason.MALFORMED, Reason.WRONG_NODE, Reason.BAD_TAG) and \
+                self._unauthenticated_over_limit(code):
+            return
         log.warning("telecommand %r rejected: %s (%s)", cid, code.name, text)
         if record and tc is not None:
             self._final(cid, counter, name, Stage.FAILED, code, FailedAt.ACCEPTANCE, text)

@@ -66,7 +66,7 @@ def verify(key: bytes | None, tc: Telecommand) -> bool:
         return False
     try:
         expected = tag(key, tc)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return False
     return hmac.compare_digest(expected, tc.tag)
 

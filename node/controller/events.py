@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node.bus.payloads import Event, Housekeeping, Severity
+from node.bus.payloads import Event, Housekeeping, Severity, clip_text
 
 log = logging.getLogger("umbra.node.control")
 
@@ -64,7 +64,7 @@ class EventLog:
                 t_board=self._t_board(),
                 kind=kind,
                 severity=int(severity),
-                text=text,
+                text=clip_text(text),
                 data=data,
             )
         )

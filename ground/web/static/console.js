@@ -17,8 +17,13 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// State-changing requests carry the session's CSRF token (the page's <meta name="csrf-token">).
+const CSRF = document.querySelector('meta[name="csrf-token"]')?.content || "";
+
 async function api(path, options = {}) {
-  const resp = await fetch(path, { credentials: "same-origin", ...options });
+  const headers = { ...(options.headers || {}) };
+  if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = CSRF;
+  const resp = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (resp.status === 401) { location.href = "/login"; throw new Error("logged out"); }
   const body = await resp.json();
   if (!resp.ok) throw Object.assign(new Error(body.error || resp.statusText), { status: resp.status });
