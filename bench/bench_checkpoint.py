@@ -1,4 +1,4 @@
-"""Checkpoint write throughput (SHA-256 included) against a raw sequential write + fsync.
+"""Checkpoint write throughput (its BLAKE3 hash included) against a raw sequential write + fsync.
 
 Both write the same bytes (an 8 MiB random buffer, repeated) to the same filesystem, in
 alternation, in the same run: the raw baseline is ``os.write`` of every chunk then one
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.registry import Context, Result, benchmark
-from node.jobs.store import CheckpointStore
+from node.jobs.store import DEFAULT_HASH, CheckpointStore
 
 _CHUNK = 8 << 20
 
@@ -62,6 +62,6 @@ def checkpoint_write(ctx: Context) -> Result:
         value=statistics.median(ours) / mib,
         unit="MiB/s",
         baseline=statistics.median(raw) / mib,
-        notes=f"CheckpointStore.write of {size // mib} MiB (SHA-256, fsyncs, manifest) vs "
+        notes=f"CheckpointStore.write of {size // mib} MiB ({DEFAULT_HASH}, fsyncs, manifest) vs "
         f"os.write+fsync of the same bytes; median of {repeats}; target ratio >= 0.8",
     )

@@ -482,6 +482,15 @@ class Archive:
             (node, node, since, until, since, step))
         return [_decode_hk(r) for r in rows]
 
+    def latest_report(self, node: str, name: str, stage: str = "completed") -> dict[str, Any] | None:
+        """The newest report of command ``name`` at ``stage`` from ``node`` (data decoded)."""
+        rows = self._rows("SELECT * FROM tc_reports WHERE node = ? AND name = ? AND stage = ?"
+                          " ORDER BY seq DESC LIMIT 1", (node, name, stage))
+        if not rows:
+            return None
+        rows[0]["data"] = json.loads(rows[0]["data"])
+        return rows[0]
+
     def latest_hk(self, node: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM hk WHERE node = ? ORDER BY utc DESC, seq DESC LIMIT 1", (node,))
         return _decode_hk(rows[0]) if rows else None

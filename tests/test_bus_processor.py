@@ -326,3 +326,16 @@ def test_bad_telecommands_are_rejected_with_a_report_and_do_nothing(case: tuple[
     assert len(new) == 1, (kind, new)
     assert new[0].stage == "failed" and new[0].code > 0, (kind, new[0])
     assert target.calls == []
+
+
+def test_job_catalogue_answers_with_the_targets_catalogue() -> None:
+    proc, target, sink = make()
+    target.catalogue = [{"job": "train", "checkpoints": [{"seq": 3, "size": 10, "hash": "blake3",
+                                                          "digest": "ab" * 32, "progress": 9.0,
+                                                          "age_s": 1.5}], "truncated": False}]
+    proc.handle(tc("job_catalogue", {}, counter=1, cid="all"))
+    proc.handle(tc("job_catalogue", {"job": "nope"}, counter=2, cid="nope"))
+    (done,) = [r for r in sink.reports if r.id == "all" and r.stage == "completed"]
+    assert done.data == {"jobs": target.catalogue, "truncated": False}
+    (failed,) = [r for r in sink.reports if r.id == "nope" and r.stage == "failed"]
+    assert failed.code == Reason.NOT_FOUND

@@ -117,6 +117,12 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
             expect(history.locator(".stage.completed")).to_be_visible(timeout=30_000)
             expect(history.locator(".stage.accepted")).to_be_visible()
             expect(history.locator(".stage.started")).to_be_visible()
+            # The checkpoint catalogue: ask the node, its answer fills the table.
+            expect(page.locator("#catalogue-when")).to_contain_text("No catalogue received yet")
+            page.click("#catalogue-refresh")
+            expect(page.locator("#catalogue-when")).to_contain_text("As the node reported it",
+                                                                    timeout=30_000)
+            expect(page.locator("#catalogue tbody tr").first).to_be_visible()
             page.select_option("#window", "60")
             page.wait_for_timeout(4000)  # a few more points on the plots
             shot = tmp_path / "console-node.png"

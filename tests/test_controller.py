@@ -291,3 +291,25 @@ async def test_a_new_xid_cycles_the_gpu_rail_and_old_counts_are_no_news(rig):
     assert [m for m in board.sent if isinstance(m, SetRail)] == [SetRail(gpu=1, on=False)]
     xid = [e for e in pub.events("limit") if e.data["monitor"] == "gpu_xid"]
     assert xid and xid[-1].data["index"] == 1 and xid[-1].data["action"] == "rail_cycle"
+
+
+async def test_job_catalogue_reads_the_nodes_store(tmp_path) -> None:
+    from node.controller.commands import NodeCommands
+    from node.errors import CommandRejected, Reason
+    from node.jobs.store import AsyncCheckpointStore, CheckpointStore
+
+    board, pub = FakeBoard(), ListPublisher()
+    config = NodeConfig.from_mapping({"mqtt": {"hk_rate_hz": 50.0}})
+    async with NodeController(config=config, board=board, publisher=pub) as node:
+        with pytest.raises(CommandRejected) as err:
+            NodeCommands(node).job_catalogue(None)
+        assert err.value.code == Reason.UNSUPPORTED
+    with CheckpointStore(tmp_path / "ckpt", clock=lambda: 100.0) as store:
+        store.write_bytes("gpu-0", b"state", progress=4.0)
+        async with NodeController(config=config, board=board, publisher=pub,
+                                  store=AsyncCheckpointStore(store), utc=lambda: 160.0) as node:
+            (entry,) = NodeCommands(node).job_catalogue(None)
+            assert entry["job"] == "gpu-0" and entry["checkpoints"][0]["age_s"] == 60.0
+            with pytest.raises(CommandRejected) as err:
+                NodeCommands(node).job_catalogue("gpu-9")
+            assert err.value.code == Reason.NOT_FOUND

@@ -180,3 +180,26 @@ def test_console_chart_is_thinned_over_the_whole_window(tmp_path: Path) -> None:
     assert 100 < len(seqs) <= MAX_POINTS + 1 and utcs == sorted(utcs)
     assert seqs[-1] == n and seqs[0] < n // 100  # newest and oldest ends of the window
     assert data["latest"]["seq"] == n and data["latest"]["link_up"] is True
+
+
+async def test_the_node_page_shows_the_newest_checkpoint_catalogue(console: Console) -> None:
+    from node.bus.payloads import TcReport
+
+    jobs = [{"job": "train", "checkpoints": [{"seq": 7, "size": 2048, "hash": "blake3",
+                                              "digest": "cd" * 32, "progress": 12.0, "age_s": 3.0}],
+             "truncated": False}]
+    s = await _session(console, "demo", "demo")
+    async with s:
+        async with s.get("/api/node/web-n1/catalogue") as r:
+            assert await r.json() == {"utc": None, "jobs": [], "truncated": False}
+        console.archive.store([
+            TcReport(node_id="web-n1", seq=1, utc=100.0, id="c1", counter=1, name="job_catalogue",
+                     stage="completed", data={"jobs": [], "truncated": False}),
+            TcReport(node_id="web-n1", seq=2, utc=200.0, id="c2", counter=2, name="job_catalogue",
+                     stage="completed", data={"jobs": jobs, "truncated": False}),
+        ])
+        async with s.get("/api/node/web-n1/catalogue") as r:
+            assert await r.json() == {"utc": 200.0, "jobs": jobs, "truncated": False}
+        async with s.get("/node/web-n1") as r:
+            page = await r.text()
+        assert 'id="catalogue-refresh"' in page and "not in this node's telemetry" not in page

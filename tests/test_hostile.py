@@ -576,7 +576,8 @@ XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 @pytest.mark.timeout(120)
 def test_guard_script_in_event_texts_data_and_arguments_stays_text(mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
-    from test_console_browser import ARGS, CHROMIUM, _login as browser_login
+    from test_console_browser import ARGS, CHROMIUM
+    from test_console_browser import _login as browser_login
 
     archive_path = tmp_path / "archive.sqlite"
     with Archive(archive_path) as archive:

@@ -7,6 +7,7 @@ process the kill -9 test starts: it writes checkpoints in a loop until it is kil
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from node.jobs import (
@@ -50,7 +52,9 @@ def test_write_commit_and_read_back(tmp_path: Path) -> None:
         got = store.read(JOB)
         assert got is not None and got[1] == b"hello" and got[0].seq == 1
         manifest = json.loads((tmp_path / JOB / "ckpt-0000000001.json").read_text())
-        assert manifest["sha256"] == info.sha256 and manifest["size"] == 5
+        assert manifest["digest"] == info.digest and manifest["size"] == 5
+        assert manifest["hash"] == info.algorithm == "blake3" and manifest["format"] == 2
+        assert info.digest == blake3.blake3(b"hello").hexdigest()
 
 
 def test_streaming_sources_give_the_same_checkpoint(tmp_path: Path) -> None:
@@ -59,7 +63,7 @@ def test_streaming_sources_give_the_same_checkpoint(tmp_path: Path) -> None:
         a = store.write(JOB, data, progress=1)
         b = store.write(JOB, io.BytesIO(data), progress=2)
         c = store.write(JOB, (data[i : i + 10_000] for i in range(0, len(data), 10_000)), progress=3)
-        assert a.sha256 == b.sha256 == c.sha256 and a.size == b.size == c.size == len(data)
+        assert a.digest == b.digest == c.digest and a.size == b.size == c.size == len(data)
         assert [x.seq for x in store.checkpoints(JOB)] == [1, 2, 3]
 
 
@@ -142,7 +146,7 @@ def test_adopt_moves_a_staged_file_in(tmp_path: Path) -> None:
     staged.write_bytes(pattern(5))
     with _store(tmp_path / "store") as store:
         with pytest.raises(CheckpointCorrupt):
-            store.adopt(JOB, staged, progress=5, expected_sha256="00" * 32)
+            store.adopt(JOB, staged, progress=5, expected_digest="00" * 32)
         staged.write_bytes(pattern(5))
         info = store.adopt(JOB, staged, progress=5)
         assert not staged.exists()
@@ -161,7 +165,45 @@ def test_catalogue_lists_jobs_and_checkpoints(tmp_path: Path) -> None:
         assert [(c.seq, c.size) for c in cat[0].checkpoints] == [(2, 2), (3, 3)]
         assert cat[0].latest is not None and cat[0].latest.progress == 2.0
         wire = cat[0].to_wire()
-        assert json.dumps(wire) and wire["checkpoints"][0]["sha256"] == cat[0].checkpoints[0].sha256
+        assert json.dumps(wire) and wire["checkpoints"][0]["digest"] == cat[0].checkpoints[0].digest
+        assert wire["checkpoints"][0]["hash"] == "blake3"
+
+
+def _format1_manifest(job_dir: Path, seq: int, data: bytes) -> None:
+    """A checkpoint exactly as the store wrote it before manifests named their hash."""
+    from node.jobs.store import _canonical
+
+    (job_dir / f"ckpt-{seq:010d}.data").write_bytes(data)
+    body = {"format": 1, "job_id": job_dir.name, "seq": seq, "data": f"ckpt-{seq:010d}.data",
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "progress": float(seq),
+            "created": 1.0, "meta": {}, "duration_s": 0.1}
+    body["check"] = hashlib.sha256(_canonical(body)).hexdigest()
+    (job_dir / f"ckpt-{seq:010d}.json").write_bytes(_canonical(body) + b"\n")
+
+
+def test_format_1_manifests_still_verify_and_restore(tmp_path: Path) -> None:
+    job_dir = tmp_path / JOB
+    job_dir.mkdir()
+    _format1_manifest(job_dir, 1, b"old one")
+    _format1_manifest(job_dir, 2, b"old two")
+    (job_dir / "ckpt-0000000002.data").write_bytes(b"old tw0")  # bit rot in the newest
+    corrupt: list[object] = []
+    with _store(tmp_path, on_corrupt=corrupt.append) as store:
+        info = store.restore(JOB)
+        assert info is not None and (info.seq, info.algorithm) == (1, "sha256")
+        assert store.read(JOB) == (info, b"old one")
+        assert [c.reason for c in corrupt] == ["hash"]  # type: ignore[attr-defined]
+        new = store.write_bytes(JOB, b"new", progress=9)  # new ones in the store's algorithm
+        assert (new.seq, new.algorithm) == (3, "blake3")
+        assert [c.algorithm for c in store.checkpoints(JOB)] == ["sha256", "blake3"]
+
+
+def test_the_hash_algorithm_is_chosen_and_checked(tmp_path: Path) -> None:
+    with _store(tmp_path, algorithm="sha256") as store:
+        info = store.write_bytes(JOB, b"abc", progress=1)
+        assert info.algorithm == "sha256" and info.digest == hashlib.sha256(b"abc").hexdigest()
+    with pytest.raises(CheckpointError, match="unknown checkpoint hash"):
+        _store(tmp_path / "other", algorithm="md5")
 
 
 def test_bad_job_ids_and_values_are_refused(tmp_path: Path) -> None:
@@ -266,3 +308,25 @@ def test_kill_9_while_writing_never_leaves_a_torn_checkpoint(tmp_path: Path) -> 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--writer":
         _writer(Path(sys.argv[2]))
+
+
+def test_ground_catalogue_is_bounded_and_says_the_age(tmp_path: Path) -> None:
+    from node.jobs.store import CATALOGUE_CHECKPOINTS, ground_catalogue
+
+    now = [1000.0]
+    with _store(tmp_path, keep=12, clock=lambda: now[0]) as store:
+        for i in range(10):
+            now[0] = 1000.0 + i
+            store.write_bytes("train", bytes([i]) * (i + 1), progress=float(i))
+        store.write_bytes("other", b"x", progress=1.0)
+        (a, b) = ground_catalogue(store, now=1100.0)
+        assert a["job"] == "other" and not a["truncated"] and len(a["checkpoints"]) == 1
+        assert b["job"] == "train" and b["truncated"]
+        assert [c["seq"] for c in b["checkpoints"]] == list(range(3, 11))[-CATALOGUE_CHECKPOINTS:]
+        newest = b["checkpoints"][-1]
+        assert newest["age_s"] == 91.0 and newest["size"] == 10 and newest["hash"] == "blake3"
+        assert newest["digest"] == blake3.blake3(bytes([9]) * 10).hexdigest()
+        (only,) = ground_catalogue(store, now=1100.0, job="other")
+        assert only["job"] == "other"
+        with pytest.raises(CheckpointError, match="no checkpoints"):
+            ground_catalogue(store, now=1100.0, job="nope")

@@ -183,6 +183,7 @@ class Console:
         r.add_get("/api/node/{node}/hk", self.api_hk)
         r.add_get("/api/node/{node}/events", self.api_events)
         r.add_get("/api/node/{node}/commands", self.api_commands)
+        r.add_get("/api/node/{node}/catalogue", self.api_catalogue)
         r.add_post("/api/node/{node}/commands", self.api_send)
         r.add_get("/api/alarms", self.api_alarms)
         r.add_post("/api/alarms/ack", self.api_ack)
@@ -356,8 +357,10 @@ node's birth and death messages; last contact is the last packet received.</p>
 </div></section>
 <section class="row">
 <div class="card"><h2>Jobs</h2><div id="jobs" class="muted">…</div>
-<p class="muted small">Checkpoint catalogue: not in this node's telemetry yet (ICD §5.4.2 carries
-per-GPU progress only).</p></div>
+<h3>Checkpoint catalogue <button type="button" id="catalogue-refresh"{'' if user.can_command else ' disabled'}>Ask the node</button></h3>
+<p class="muted small" id="catalogue-when">The node's answer to <code>job_catalogue</code>, as last received.</p>
+<table class="grid" id="catalogue"><thead><tr><th>Job</th><th>Seq</th><th>Size</th><th>Progress</th>
+<th>Age</th><th>Hash</th></tr></thead><tbody></tbody></table></div>
 <div class="card"><h2>Commanding</h2>{can}
 <form id="command-form" autocomplete="off" novalidate><label>Command <select id="cmd-name"></select></label>
 <p id="cmd-description" class="muted small"></p><div id="cmd-args"></div>
@@ -482,6 +485,15 @@ in the green. Limits: <span id="limits"></span></p>
     async def api_commands(self, request: web.Request) -> web.Response:
         rows = await asyncio.to_thread(self.archive.commands, request.match_info["node"], 30)
         return _json({"commands": rows})
+
+    async def api_catalogue(self, request: web.Request) -> web.Response:
+        """The node's checkpoint catalogue: its newest completed ``job_catalogue`` report."""
+        row = await asyncio.to_thread(self.archive.latest_report, request.match_info["node"],
+                                      "job_catalogue")
+        if row is None:
+            return _json({"utc": None, "jobs": [], "truncated": False})
+        return _json({"utc": row["utc"], "jobs": row["data"].get("jobs", []),
+                      "truncated": bool(row["data"].get("truncated"))})
 
     async def api_alarms(self, request: web.Request) -> web.Response:
         rows = await asyncio.to_thread(

@@ -179,6 +179,12 @@ COMMANDS: tuple[CommandDef, ...] = (
     CommandDef("job_pause", "Pause a job after a checkpoint: its GPUs held at minimum cap.", (_JOB,)),
     CommandDef("job_resume", "Resume a paused job.", (_JOB,)),
     CommandDef("job_checkpoint", "Checkpoint a job now (`gpu-<i>` is GPU i's own job).", (_JOB,)),
+    CommandDef(
+        "job_catalogue",
+        "Completed report lists each job's committed checkpoints: seq, size, hash, digest, "
+        "progress, age.",
+        (Arg("job", "str", "only this job", required=False),),
+    ),
     CommandDef("reboot_board", "Reboot the dev board (RESET_BOARD): unsaved work is lost.", ()),
     CommandDef("schedule_list", "Completed report lists the time-tagged commands waiting.",
                internal=True),

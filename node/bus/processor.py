@@ -95,6 +95,7 @@ class CommandTarget(Protocol):
     def pause_job(self, job: str) -> None: ...
     def resume_job(self, job: str) -> None: ...
     def checkpoint_job(self, job: str) -> None: ...
+    def job_catalogue(self, job: str | None) -> list[dict[str, Any]]: ...
     def reboot_board(self) -> None: ...
 
 
@@ -160,6 +161,9 @@ class ControllerTarget:
     def checkpoint_job(self, job: str) -> None:
         self._bound().checkpoint_job(job)
 
+    def job_catalogue(self, job: str | None) -> list[dict[str, Any]]:
+        return self._bound().job_catalogue(job)
+
     def reboot_board(self) -> None:
         self._bound().reboot_board()
 
@@ -182,6 +186,8 @@ class FakeTarget:
         self.specs = PARAM_SPECS
         self.mode = "NOMINAL"
         self.jobs: dict[str, int] = {}
+        #: What job_catalogue answers (a test fills it, as the store would).
+        self.catalogue: list[dict[str, Any]] = []
 
     def _board(self) -> None:
         if not self.link_up:
@@ -260,6 +266,12 @@ class FakeTarget:
     def checkpoint_job(self, job: str) -> None:
         self._job(job)
         self.calls.append(("checkpoint_job", (job,)))
+
+    def job_catalogue(self, job: str | None) -> list[dict[str, Any]]:
+        found = [j for j in self.catalogue if job is None or j["job"] == job]
+        if job is not None and not found:
+            raise CommandRejected(f"no checkpoints of job {job!r}", code=Reason.NOT_FOUND)
+        return found
 
     def reboot_board(self) -> None:
         self._board()
@@ -516,6 +528,9 @@ class CommandProcessor:
                 t.resume_job(a["job"])
             case "job_checkpoint":
                 t.checkpoint_job(a["job"])
+            case "job_catalogue":
+                jobs = t.job_catalogue(a.get("job"))
+                return {"jobs": jobs, "truncated": any(j.get("truncated") for j in jobs)}
             case "reboot_board":
                 t.reboot_board()
             case "schedule_list":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from node.control.law import PARAM_SPECS
 from node.control.params import save_params
 from node.controller.rails import RailReason
 from node.errors import CommandRejected, ConfigError, LinkError, Reason
+from node.jobs.errors import CheckpointError
+from node.jobs.store import ground_catalogue
 from node.modes import Trigger
 
 if TYPE_CHECKING:
@@ -150,6 +152,16 @@ class NodeCommands:
             raise CommandRejected("this board keeps no checkpoints", code=Reason.UNSUPPORTED)
         for gpu in gpus:
             self._node.jobs.request(gpu, "ground request")
+
+    def job_catalogue(self, job: str | None) -> list[dict[str, Any]]:
+        store = self._node.store
+        if store is None:
+            raise CommandRejected("this node keeps no checkpoint store", code=Reason.UNSUPPORTED)
+        try:
+            # Reads a few small manifests: quick enough for the command path.
+            return ground_catalogue(store.store, self._node.utc(), job)
+        except CheckpointError as exc:
+            raise CommandRejected(str(exc), code=Reason.NOT_FOUND) from None
 
     # --- telemetry and parameters ---------------------------------------------------------------
 

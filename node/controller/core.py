@@ -86,6 +86,8 @@ class NodeController:
         self._publisher = publisher
         self._clock = clock
         self._utc = utc
+        #: The checkpoint store (None: this node keeps none); ground reads its catalogue.
+        self.store = store
         # Telemetry numbering; the CLI passes the outbox's, so numbers survive restarts.
         self._next_seq = next_seq or itertools.count(1).__next__
         self.policy = policy_named(config.policy)
@@ -129,6 +131,10 @@ class NodeController:
         #: Set after every control step; tests and the service watchdog wait on it.
         self.stepped = asyncio.Event()
         self.steps = 0
+
+    def utc(self) -> float:
+        """The node's UTC now (the clock it stamps telemetry with)."""
+        return self._utc()
 
     @property
     def mode(self) -> Mode:

@@ -109,7 +109,8 @@ class CheckpointRef:
     progress: float
     created: float
     size: int
-    sha256: str
+    #: Hex digest of the data (the store's algorithm, named in its manifest).
+    digest: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

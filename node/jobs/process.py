@@ -270,7 +270,7 @@ class ProcessJob:
             return
         cost = self._timer() - self._asked_at if self._asked_at is not None else None
         self._asked_at = None
-        ref = _Ref(info.seq, info.progress, info.created, info.size, info.sha256)
+        ref = _Ref(info.seq, info.progress, info.created, info.size, info.digest)
         self._job = self._job.with_progress(max(self._job.progress, progress)).with_checkpoint(ref)
         if self._job.state is JobState.CHECKPOINTING and not self._stopping:
             self._fire(JobEvent.CHECKPOINTED)

@@ -4,11 +4,12 @@ Layout under the store's root (one directory per job)::
 
     <root>/.lock                         flock: one owning process at a time
     <root>/<job_id>/ckpt-0000000042.data      the checkpoint's bytes
-    <root>/<job_id>/ckpt-0000000042.json      its manifest: size, SHA-256, progress, meta …
+    <root>/<job_id>/ckpt-0000000042.json      its manifest: size, hash, progress, meta …
     <root>/<job_id>/ckpt-0000000040.corrupt   the manifest of a checkpoint found corrupt
     <root>/<job_id>/.tmp-*                    writes in flight (removed at startup)
 
-A write goes: temporary file (``O_EXCL``), chunks written while hashed with SHA-256, fsync,
+A write goes: temporary file (``O_EXCL``), chunks written while hashed (BLAKE3 by default,
+multithreaded; SHA-256 on request, ``HASHES``), fsync,
 rename to ``.data``, fsync of the directory; then the manifest the same way (temporary file,
 fsync, rename, fsync of the directory).  **The manifest is the commit**: a checkpoint exists
 once its manifest is in place, and only then are checkpoints older than the last ``keep``
@@ -25,7 +26,8 @@ Restoring (:meth:`CheckpointStore.restore`) hashes the data again; a checkpoint 
 missing, short, or hashes differently, or whose manifest is damaged (each manifest carries a
 SHA-256 of its own fields), is reported through ``on_corrupt``, set aside (its data deleted,
 its manifest renamed ``.corrupt`` so its sequence number is never reused) and the previous
-one is tried.
+one is tried.  Each manifest names its algorithm (format 2: ``hash`` and ``digest``); a
+format-1 manifest (``sha256``) still verifies.
 
 All methods are blocking and thread-safe (one lock per job); :class:`AsyncCheckpointStore`
 runs them in threads with at most N checkpoints writing at once.
@@ -53,9 +55,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, Self
 
+import blake3
+
 from node.jobs.errors import CheckpointCorrupt, CheckpointError, StoreLocked
 
-FORMAT = 1
+#: Manifest format written: 2 names its hash algorithm; 1 (SHA-256 implied) is still read.
+FORMAT = 2
+FORMATS_READ = (1, 2)
+
+
+def _blake3() -> Any:
+    # Multithreaded for large updates (it releases the GIL): hashing keeps up with the disk.
+    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+
+#: Data hash algorithms: name → a new hasher (``update``, ``hexdigest``).
+HASHES: dict[str, Callable[[], Any]] = {"blake3": _blake3, "sha256": hashlib.sha256}
+DEFAULT_HASH = "blake3"
+
+
+def new_hasher(algorithm: str) -> Any:
+    try:
+        return HASHES[algorithm]()
+    except KeyError:
+        raise CheckpointError(f"unknown checkpoint hash {algorithm!r}; known: {', '.join(HASHES)}") from None
 DEFAULT_CHUNK = 8 << 20
 #: Job ids double as directory names: letters, digits, '-', '_', '.'; not starting with '.'.
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -127,7 +150,9 @@ class CheckpointInfo:
     job_id: str
     seq: int
     size: int
-    sha256: str
+    #: Hex digest of the data, by ``algorithm`` (a key of HASHES).
+    digest: str
+    algorithm: str = DEFAULT_HASH
     progress: float
     created: float
     #: Seconds the store spent writing it (data, hash, fsyncs, manifest).
@@ -141,7 +166,8 @@ class CheckpointInfo:
             "job_id": self.job_id,
             "seq": self.seq,
             "size": self.size,
-            "sha256": self.sha256,
+            "hash": self.algorithm,
+            "digest": self.digest,
             "progress": self.progress,
             "created": self.created,
             "duration_s": self.duration_s,
@@ -195,9 +221,12 @@ class CheckpointStore:
         timer: Callable[[], float] = time.perf_counter,
         on_corrupt: Callable[[CorruptCheckpoint], None] | None = None,
         logger: logging.Logger | None = None,
+        algorithm: str = DEFAULT_HASH,
     ) -> None:
         if keep < 1:
             raise CheckpointError(f"keep = {keep}: at least one checkpoint must be kept")
+        new_hasher(algorithm)  # an unknown name fails here, not at the first checkpoint
+        self.algorithm = algorithm
         if chunk_size < 4096:
             raise CheckpointError(f"chunk_size = {chunk_size}: use at least 4096 bytes")
         self.root = Path(root)
@@ -324,7 +353,7 @@ class CheckpointStore:
     ) -> tuple[int, str]:
         """Temporary file, hashed chunked writes, fsync, rename, fsync of the directory."""
         tmp = job_dir / f"{_TMP_PREFIX}{seq:010d}-{secrets.token_hex(6)}.data"
-        hasher = hashlib.sha256()
+        hasher = new_hasher(self.algorithm)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -352,13 +381,14 @@ class CheckpointStore:
         *,
         progress: float,
         meta: Mapping[str, Any] | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
     ) -> CheckpointInfo:
         """Commit a file a job wrote (its staging file) as the next checkpoint of ``job_id``.
 
         The file is hashed (and fsynced) where it lies, then renamed into the store when it is
         on the same filesystem (no copy), copied otherwise.  The staging file is gone after a
-        successful call.  ``expected_sha256``, when the job reported one, must match.
+        successful call.  ``expected_digest`` (in the store's algorithm), when the job
+        reported one, must match.
         """
         src = Path(path)
         job_dir = self.job_dir(job_id)
@@ -384,7 +414,7 @@ class CheckpointStore:
                         size, digest = self._write_data(job_dir, seq, self._chunks(f))
                     src.unlink(missing_ok=True)
                     os.replace(job_dir / _data_name(seq), tmp)
-                hasher = hashlib.sha256()
+                hasher = new_hasher(self.algorithm)
                 size = 0
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
@@ -395,9 +425,10 @@ class CheckpointStore:
                 finally:
                     os.close(fd)
                 digest = hasher.hexdigest()
-                if expected_sha256 is not None and expected_sha256.lower() != digest:
+                if expected_digest is not None and expected_digest.lower() != digest:
                     raise CheckpointCorrupt(
-                        f"job {job_id}: staged checkpoint {src} hashes {digest}, job said {expected_sha256}",
+                        f"job {job_id}: staged checkpoint {src} hashes {digest} "
+                        f"({self.algorithm}), job said {expected_digest}",
                         job_id=job_id,
                     )
                 os.replace(tmp, job_dir / _data_name(seq))
@@ -449,7 +480,8 @@ class CheckpointStore:
             "seq": seq,
             "data": _data_name(seq),
             "size": size,
-            "sha256": digest,
+            "hash": self.algorithm,
+            "digest": digest,
             "progress": float(progress),
             "created": created,
             "meta": meta,
@@ -488,9 +520,14 @@ class CheckpointStore:
             check = body.pop("check")
             if hashlib.sha256(_canonical(body)).hexdigest() != check:
                 raise ValueError("self-check does not match")
-            if body.get("format") != FORMAT or body.get("seq") != seq or body.get("job_id") != job_dir.name:
+            if body.get("format") not in FORMATS_READ or body.get("seq") != seq or \
+                    body.get("job_id") != job_dir.name:
                 raise ValueError("format, seq or job id does not match its file")
-            for key, kind in (("size", int), ("sha256", str), ("progress", float), ("created", float)):
+            if body["format"] == 1:  # SHA-256 implied
+                body["hash"], body["digest"] = "sha256", body.pop("sha256", None)
+            if body.get("hash") not in HASHES:
+                raise ValueError(f"unknown hash {body.get('hash')!r}")
+            for key, kind in (("size", int), ("digest", str), ("progress", float), ("created", float)):
                 if not isinstance(body.get(key), kind):
                     raise ValueError(f"{key} missing or of the wrong type")
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -537,7 +574,7 @@ class CheckpointStore:
                 f"job {info.job_id}: data of checkpoint {info.seq} is missing",
                 job_id=info.job_id, seq=info.seq, reason="missing",
             ) from None
-        hasher = hashlib.sha256()
+        hasher = new_hasher(info.algorithm)
         size = 0
         try:
             while chunk := os.read(fd, self.chunk_size):
@@ -550,9 +587,9 @@ class CheckpointStore:
                 f"job {info.job_id}: checkpoint {info.seq} has {size} bytes, manifest says {info.size}",
                 job_id=info.job_id, seq=info.seq, reason="size",
             )
-        if hasher.hexdigest() != info.sha256:
+        if hasher.hexdigest() != info.digest:
             raise CheckpointCorrupt(
-                f"job {info.job_id}: checkpoint {info.seq} does not match its SHA-256",
+                f"job {info.job_id}: checkpoint {info.seq} does not match its {info.algorithm}",
                 job_id=info.job_id, seq=info.seq, reason="hash",
             )
 
@@ -581,7 +618,9 @@ class CheckpointStore:
         if info is None:
             return None
         data = info.data_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != info.sha256:  # changed since verification
+        hasher = new_hasher(info.algorithm)
+        hasher.update(data)
+        if hasher.hexdigest() != info.digest:  # changed since verification
             return self.read(job_id)
         return info, data
 
@@ -609,12 +648,46 @@ class CheckpointStore:
             self._next_seq.pop(job_id, None)
 
 
+#: Most checkpoints of one job a ground catalogue lists (the newest), and most jobs.
+CATALOGUE_CHECKPOINTS = 8
+CATALOGUE_JOBS = 16
+
+
+def ground_catalogue(store: CheckpointStore, now: float, job: str | None = None) -> list[dict[str, Any]]:
+    """The store's catalogue as a ``job_catalogue`` report carries it (ICD §5.4.4).
+
+    Small enough for one report (ICD §5.4 bounds maps at 1,024 elements): at most
+    CATALOGUE_JOBS jobs, each with its newest CATALOGUE_CHECKPOINTS checkpoints; a job with
+    more says ``truncated``.  Manifests are read, the data is not hashed.
+    """
+    jobs = [job] if job is not None else list(store.jobs())
+    out: list[dict[str, Any]] = []
+    for job_id in jobs[:CATALOGUE_JOBS]:
+        found = store.checkpoints(job_id) if store.job_dir(job_id).is_dir() else ()
+        if job is not None and not found:
+            raise CheckpointError(f"no checkpoints of job {job_id!r}", job_id=job_id)
+        newest = found[-CATALOGUE_CHECKPOINTS:]
+        out.append({
+            "job": job_id,
+            "checkpoints": [
+                {"seq": c.seq, "size": c.size, "hash": c.algorithm, "digest": c.digest,
+                 "progress": c.progress, "age_s": round(max(0.0, now - c.created), 3)}
+                for c in newest
+            ],
+            "truncated": len(found) > len(newest),
+        })
+    if len(jobs) > CATALOGUE_JOBS:
+        out[-1]["truncated"] = True
+    return out
+
+
 def _info_from_manifest(body: Mapping[str, Any], job_dir: Path) -> CheckpointInfo:
     return CheckpointInfo(
         job_id=str(body["job_id"]),
         seq=int(body["seq"]),
         size=int(body["size"]),
-        sha256=str(body["sha256"]),
+        digest=str(body["digest"]),
+        algorithm=str(body["hash"]),
         progress=float(body["progress"]),
         created=float(body["created"]),
         duration_s=float(body.get("duration_s", 0.0)),
@@ -769,10 +842,10 @@ class AsyncCheckpointStore:
         *,
         progress: float,
         meta: Mapping[str, Any] | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
     ) -> CheckpointInfo:
         return await self._limited(
-            self.store.adopt, job_id, path, progress=progress, meta=meta, expected_sha256=expected_sha256
+            self.store.adopt, job_id, path, progress=progress, meta=meta, expected_digest=expected_digest
         )
 
     async def restore(self, job_id: str) -> CheckpointInfo | None:

@@ -183,6 +183,15 @@ function nodePage() {
   evSev.addEventListener("change", events);
   evQ.addEventListener("input", events);
   every(1000, () => commandHistory(node));
+  every(2000, () => catalogue(node));
+  document.getElementById("catalogue-refresh").addEventListener("click", async () => {
+    try {
+      await api(`/api/node/${encodeURIComponent(node)}/commands`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "job_catalogue", args: {} }),
+      });
+    } catch (e) { document.getElementById("catalogue-when").textContent = `not sent: ${e.message}`; }
+  });
   commandForm(node);
   every(5000, async () => alarmBadge((await api("/api/fleet")).unacked_alarms));
   return () => lastData;
@@ -243,6 +252,31 @@ function renderNode(d) {
       ...hk.progress.map((p, i) => el("tr", {}, el("td", {}, i), el("td", {}, p.toFixed(1)),
         el("td", {}, dt > 0 && first[i] != null ? ((p - first[i]) / dt).toFixed(2) : "—")))));
   }
+}
+
+function bytes(n) {
+  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB`
+    : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+}
+
+// The checkpoint catalogue: the node's newest answer to job_catalogue (ICD §5.4.4).
+async function catalogue(node) {
+  const data = await api(`/api/node/${encodeURIComponent(node)}/catalogue`);
+  const when = document.getElementById("catalogue-when");
+  const tbody = document.querySelector("#catalogue tbody");
+  if (data.utc == null) {
+    when.textContent = "No catalogue received yet: ask the node (job_catalogue).";
+    tbody.replaceChildren();
+    return;
+  }
+  const rows = data.jobs.flatMap(j => j.checkpoints.length ? j.checkpoints.map(c => el("tr", {},
+    el("td", {}, j.job), el("td", {}, c.seq), el("td", {}, bytes(c.size)), el("td", {}, c.progress.toFixed(1)),
+    el("td", {}, age(c.age_s + (Date.now() / 1000 - data.utc))),
+    el("td", { title: c.digest }, `${c.hash} ${c.digest.slice(0, 12)}…`)))
+    : [el("tr", {}, el("td", {}, j.job), el("td", { colspan: 5, class: "muted" }, "no checkpoints"))]);
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "the node keeps no checkpoints")));
+  tbody.replaceChildren(...rows);
+  when.textContent = `As the node reported it at ${utc(data.utc)} UTC${data.truncated ? " (truncated: the newest only)" : ""}.`;
 }
 
 async function commandHistory(node) {
