@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import ssl
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from node.bus import signing
 from node.bus.client import BACKLOG_RATE, TelemetryBus
 from node.bus.commands import dictionary_hash
 from node.bus.outbox import Outbox
+from node.bus.payloads import Severity
 from node.bus.processor import CommandProcessor, ControllerTarget
 from node.config import NodeConfig
 from node.control import law
@@ -23,6 +26,8 @@ from node.controller import NodeController
 from node.errors import ConfigError, LinkError
 from node.gpu import make_board
 from node.jobs.errors import CheckpointError
+from node.jobs.policy import IntervalEstimator
+from node.jobs.runner import ProcessJobRunner
 from node.jobs.store import AsyncCheckpointStore, CheckpointStore
 from node.link.serial_board import check_port_exists
 from node.logs import configure_logging
@@ -175,15 +180,36 @@ async def run(
         ),
     ):
         target.bind(controller.commands)
-        where = config.link.serial or "a fixed platform profile"
-        print(
-            f"umbra-node: {config.node_id} on {where} (GPUs: {config.gpu.backend}), "
-            f"mqtt {config.mqtt.host}:{config.mqtt.port}, boot {boot_id}, "
-            f"commands {'enabled' if key else 'disabled (no key)'}",
-            file=sys.stderr,
-            flush=True,
-        )
-        await stop.wait()
+        jobs = [j for j in config.jobs if j.is_process]
+        async with contextlib.AsyncExitStack() as stack:
+            if jobs:
+                # Entered after the controller and left before it: jobs stop (with a final
+                # checkpoint) while the node can still report it.
+                controller.process_jobs = await stack.enter_async_context(ProcessJobRunner(
+                    jobs, store=AsyncCheckpointStore(store, max_concurrent=config.checkpoints.max_concurrent),
+                    staging_root=config.checkpoints.staging(Path(config.data_dir)),
+                    run_dir=Path(config.data_dir) / "run",
+                    estimator=IntervalEstimator(config.checkpoints.policy, clock=time.monotonic),
+                    on_event=lambda kind, severity, text, data: controller.events.emit(
+                        kind, Severity(severity), text, **data),
+                    stop_timeout_s=config.checkpoints.stop_timeout_s,
+                    checkpoint_timeout_s=config.checkpoints.checkpoint_timeout_s,
+                    log_dir=Path(config.data_dir) / "job-logs",
+                ))
+            await _announce_and_wait(config, boot_id, key, stop)
+
+
+async def _announce_and_wait(config: NodeConfig, boot_id: str, key: bytes | None, stop: asyncio.Event) -> None:
+    where = config.link.serial or "a fixed platform profile"
+    jobs = sum(1 for j in config.jobs if j.is_process)
+    print(
+        f"umbra-node: {config.node_id} on {where} (GPUs: {config.gpu.backend}), "
+        f"mqtt {config.mqtt.host}:{config.mqtt.port}, boot {boot_id}, "
+        f"commands {'enabled' if key else 'disabled (no key)'}, {jobs} process job(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
 
 
 def reset_tc_counter(data_dir: Path, now: float | None = None) -> tuple[int, int]:
@@ -232,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limit=config.mqtt.queue_limit,
             first_seq=legacy_first_seq(data_dir),
         )
-        store = CheckpointStore(data_dir / "checkpoints", keep=3)
+        store = CheckpointStore(config.checkpoints.store_dir(data_dir), keep=config.checkpoints.keep)
     except (ConfigError, LinkError, CheckpointError) as exc:
         print(f"umbra-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,6 +51,7 @@ from node.errors import ConfigError
 from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
 from node.gpu.config import GpuConfig, PlatformProfile
 from node.jobs.manager import SimJobConfig
+from node.jobs.model import CheckpointConfig, Job, parse_jobs
 from node.link.session import SessionTimes
 from node.policy import policy_named
 
@@ -140,6 +141,10 @@ class NodeConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     platform: PlatformProfile = field(default_factory=PlatformProfile)
     sim_jobs: SimJobConfig = field(default_factory=SimJobConfig)
+    #: ``[checkpoints]``: the store, staging and the interval policy (docs/jobs.md).
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    #: ``[[jobs]]``: the node's own jobs; those with a ``command`` run as processes.
+    jobs: tuple[Job, ...] = ()
 
     def __post_init__(self) -> None:
         policy_named(self.policy)  # ConfigError naming node.policy for an unknown one
@@ -164,7 +169,9 @@ class NodeConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
-        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}, "sim_jobs": {}}
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}, "sim_jobs": {}, "checkpoints": {}}
+        raw = dict(raw)
+        jobs_raw = raw.pop("jobs", None)  # an array of tables, not a table
         for section, values in raw.items():
             if section not in sections:
                 raise ConfigError(f"{source}: unknown section [{section}]", key=section, source=source)
@@ -191,6 +198,8 @@ class NodeConfig:
                 gpu=_build(GpuConfig, "gpu", sections["gpu"], source),
                 platform=_build(PlatformProfile, "platform", sections["platform"], source),
                 sim_jobs=_build(SimJobConfig, "sim_jobs", sections["sim_jobs"], source),
+                checkpoints=CheckpointConfig.from_mapping(sections["checkpoints"], source=source),
+                jobs=parse_jobs(jobs_raw, source=source),
             )
         except ConfigError as exc:
             if exc.source is None:

@@ -26,6 +26,7 @@ from node.modes import Trigger
 
 if TYPE_CHECKING:
     from node.controller.core import NodeController
+    from node.jobs.runner import ProcessJobRunner
 
 
 @dataclass
@@ -125,7 +126,16 @@ class NodeCommands:
         self._node.intent_changed()
         self._node.events.emit("job", Severity.INFO, f"job {job} submitted on GPUs {gpus:#x}", job=job, gpus=gpus)
 
+    def _process(self, job: str) -> ProcessJobRunner | None:
+        runner = self._node.process_jobs
+        return runner if runner is not None and runner.has(job) else None
+
     def cancel_job(self, job: str) -> None:
+        if (runner := self._process(job)) is not None:
+            runner.cancel(job)
+            self._node.events.emit("job", Severity.INFO, f"job {job} cancelled: stopping it with a final "
+                                   "checkpoint", job=job)
+            return
         self._job_gpus(job)
         if job not in self._node.intent.named_jobs:
             raise CommandRejected(f"job {job!r} is the GPU's own; it cannot be cancelled", code=Reason.NOT_ALLOWED)
@@ -134,6 +144,10 @@ class NodeCommands:
         self._node.events.emit("job", Severity.INFO, f"job {job} cancelled", job=job)
 
     def pause_job(self, job: str) -> None:
+        if (runner := self._process(job)) is not None:
+            runner.pause(job)
+            self._node.events.emit("job", Severity.INFO, f"job {job} pausing after a final checkpoint", job=job)
+            return
         for gpu in self._job_gpus(job):
             self._node.jobs.request(gpu, f"job {job} paused")
             self._node.intent.paused.add(gpu)
@@ -141,12 +155,19 @@ class NodeCommands:
         self._node.events.emit("job", Severity.INFO, f"job {job} paused after a checkpoint", job=job)
 
     def resume_job(self, job: str) -> None:
+        if (runner := self._process(job)) is not None:
+            runner.resume(job)
+            self._node.events.emit("job", Severity.INFO, f"job {job} resuming from its checkpoint", job=job)
+            return
         for gpu in self._job_gpus(job):
             self._node.intent.paused.discard(gpu)
         self._node.intent_changed()
         self._node.events.emit("job", Severity.INFO, f"job {job} resumed", job=job)
 
     def checkpoint_job(self, job: str) -> None:
+        if (runner := self._process(job)) is not None:
+            runner.checkpoint(job)
+            return
         gpus = self._job_gpus(job)
         if not self._node.jobs.active:
             raise CommandRejected("this board keeps no checkpoints", code=Reason.UNSUPPORTED)

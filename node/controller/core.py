@@ -58,6 +58,7 @@ from node.controller.shedding import LoadShedder
 from node.errors import LinkError
 from node.fdir import Fdir
 from node.jobs.manager import ESTIMATOR_PRIOR, Foresight, SimJobManager
+from node.jobs.runner import ProcessJobRunner
 from node.jobs.store import AsyncCheckpointStore
 from node.link.messages import AckStatus, Sensor, SetCaps
 from node.modes import ENTRY_ACTIONS, ModeDebouncer, ModeMachine, Transition, Trigger
@@ -88,6 +89,8 @@ class NodeController:
         self._utc = utc
         #: The checkpoint store (None: this node keeps none); ground reads its catalogue.
         self.store = store
+        #: The node's process jobs (``[[jobs]]`` with a command), attached once they run.
+        self.process_jobs: ProcessJobRunner | None = None
         # Telemetry numbering; the CLI passes the outbox's, so numbers survive restarts.
         self._next_seq = next_seq or itertools.count(1).__next__
         self.policy = policy_named(config.policy)
@@ -131,6 +134,12 @@ class NodeController:
         #: Set after every control step; tests and the service watchdog wait on it.
         self.stepped = asyncio.Event()
         self.steps = 0
+
+    def _jobs_telemetry(self) -> dict[str, Any]:
+        sim = self.jobs.telemetry()
+        if self.process_jobs is None:
+            return sim
+        return {**sim, "process": self.process_jobs.telemetry()}
 
     def utc(self) -> float:
         """The node's UTC now (the clock it stamps telemetry with)."""
@@ -214,7 +223,7 @@ class NodeController:
             board_flags=s.flags if s else 0,
             link=self.board.stats(),
             control_us=self._control_us,
-            jobs=self.jobs.telemetry(),
+            jobs=self._jobs_telemetry(),
             link_state=self.board.link_state,
         )
 
@@ -236,6 +245,8 @@ class NodeController:
     def _announce(self, t: Transition) -> None:
         if "checkpoint_all" in ENTRY_ACTIONS[t.after]:
             self.jobs.request(None, f"{t.after.value} entered")
+            if self.process_jobs is not None:
+                self.process_jobs.checkpoint_all(f"{t.after.value} entered")
         severity = Severity.WARNING if t.after is Mode.SAFE else Severity.INFO
         self.events.emit(
             "mode",

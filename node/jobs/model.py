@@ -36,6 +36,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +129,13 @@ class Job:
     checkpoint_bytes: int = 0
     #: argv of a process job (empty: the job runs on simulated GPUs).
     command: tuple[str, ...] = ()
+    #: Extra environment of a process job (on top of the node's, before UMBRA_* and CUDA_*).
+    env: tuple[tuple[str, str], ...] = ()
+    #: Working directory of a process job ("": the node's).
+    cwd: str = ""
+    #: A process job that crashes this often within ``crash_window_s`` is failed for good.
+    max_crashes: int = 3
+    crash_window_s: float = 600.0
     state: JobState = JobState.QUEUED
     progress: float = 0.0
     history: tuple[CheckpointRef, ...] = ()
@@ -261,7 +271,22 @@ _JOB_KEYS: dict[str, type] = {
     "work": float,
     "checkpoint_bytes": int,
     "command": list,
+    "env": dict,
+    "cwd": str,
+    "max_crashes": int,
+    "crash_window_s": float,
 }
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Set by the node for every process job; a job's ``env`` may not override them.
+RESERVED_ENV_PREFIXES = ("UMBRA_", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+
+
+def resolve_command(program: str, cwd: str = "") -> str | None:
+    """The executable a job's ``command[0]`` names (a path, or a name on PATH), or None."""
+    if os.sep in program:
+        path = Path(cwd or ".") / program if not os.path.isabs(program) else Path(program)
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which(program)
 
 
 def _typed(value: Any, kind: type, where: str, source: str) -> Any:
@@ -313,6 +338,27 @@ def parse_jobs(raw: Any, *, source: str = "<config>") -> tuple[Job, ...]:
         command = values.get("command", [])
         if not all(isinstance(c, str) for c in command):
             raise ConfigError(f"{source}: {prefix}.command must be a list of strings", key=f"{prefix}.command", source=source)
+        cwd = values.get("cwd", "")
+        if cwd and not Path(cwd).is_dir():
+            raise ConfigError(f"{source}: {prefix}.cwd = {cwd!r} is not a directory", key=f"{prefix}.cwd", source=source)
+        if command and resolve_command(command[0], cwd) is None:
+            raise ConfigError(f"{source}: {prefix}.command: {command[0]!r} is not an executable "
+                              "(a path, or a name on PATH)", key=f"{prefix}.command", source=source)
+        env = values.get("env", {})
+        for name, text in env.items():
+            if not _ENV_NAME_RE.fullmatch(name) or not isinstance(text, str):
+                raise ConfigError(f"{source}: {prefix}.env.{name} must be NAME = \"text\"",
+                                  key=f"{prefix}.env.{name}", source=source)
+            if name.startswith(RESERVED_ENV_PREFIXES):
+                raise ConfigError(f"{source}: {prefix}.env.{name} is set by the node", key=f"{prefix}.env.{name}",
+                                  source=source)
+        if values.get("max_crashes", 3) < 1 or values.get("crash_window_s", 600.0) <= 0:
+            raise ConfigError(f"{source}: {prefix}: max_crashes must be >= 1 and crash_window_s > 0",
+                              key=f"{prefix}.max_crashes", source=source)
+        claimed = [g for other in jobs if other.command for g in other.gpus if g in gpus]
+        if command and claimed:
+            raise ConfigError(f"{source}: {prefix}.gpus: GPU {claimed[0]} already belongs to another "
+                              "process job", key=f"{prefix}.gpus", source=source)
         for key in ("priority", "work", "checkpoint_bytes"):
             if key in values and values[key] < 0:
                 raise ConfigError(f"{source}: {prefix}.{key} must be >= 0", key=f"{prefix}.{key}", source=source)
@@ -324,6 +370,10 @@ def parse_jobs(raw: Any, *, source: str = "<config>") -> tuple[Job, ...]:
                 work=values.get("work", 0.0),
                 checkpoint_bytes=values.get("checkpoint_bytes", 0),
                 command=tuple(command),
+                env=tuple(sorted(env.items())),
+                cwd=cwd,
+                max_crashes=values.get("max_crashes", 3),
+                crash_window_s=values.get("crash_window_s", 600.0),
             )
         )
     return tuple(jobs)

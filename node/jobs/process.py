@@ -17,12 +17,18 @@ checkpoint soon), SIGTERM (write a final checkpoint and exit 0), SIGKILL after
 
 :class:`ProcessJob` supervises one such process; it keeps the job's model value
 (:class:`node.jobs.model.Job`) in step and reports through ``on_event``.
+
+Each job runs in a session (and process group) of its own, and on Linux is told to die
+with the node (``PR_SET_PDEATHSIG`` SIGKILL): a node killed outright leaves no job running
+uncontrolled; what the job committed stays in the store.  When the job exits, whatever
+it left in its process group is killed too (children that would outlive it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import logging
 import os
@@ -49,6 +55,27 @@ ENV_PROTOCOL = "UMBRA_PROTOCOL"
 _MAX_LINE = 4096
 
 log = logging.getLogger("umbra.node.jobs.process")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the node dies (Linux; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_group(pgid: int, signum: int = signal.SIGKILL) -> bool:
+    """Signal a job's whole process group; False when nothing is left in it."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # not ours (a reused id): leave it
+        return False
+    return True
 
 
 class ProcessEventKind(enum.StrEnum):
@@ -180,6 +207,8 @@ class ProcessJob:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=self._stderr,
+                start_new_session=True,  # its own process group: the node can end all of it
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             os.close(read_fd)
@@ -207,6 +236,9 @@ class ProcessJob:
         try:
             lines = asyncio.create_task(self._read_lines(reader))
             returncode = await proc.wait()
+            # Children it left behind would run uncontrolled (and hold the pipe open).
+            if kill_group(proc.pid):
+                self._log.warning("job %s: killed what its process left running", self._job.id)
             try:  # the pipe ends when the job (and anything that inherited it) is gone
                 await asyncio.wait_for(asyncio.shield(lines), timeout=5.0)
             except TimeoutError:
@@ -314,6 +346,9 @@ class ProcessJob:
 
     def _signal(self, signum: int) -> None:
         if self._proc is not None and self._proc.returncode is None:
+            if signum == signal.SIGKILL:  # the whole group: nothing of the job survives it
+                kill_group(self._proc.pid)
+                return
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signum)
 

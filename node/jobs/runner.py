@@ -1,0 +1,355 @@
+"""The node's process jobs: started, checkpointed, restarted and stopped (docs/jobs.md).
+
+``async with ProcessJobRunner(jobs, store=..., staging_root=..., run_dir=...) as runner:``
+owns one supervising task per configured process job (``[[jobs]]`` with a ``command``):
+
+- **start** with ``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES`` set to the job's
+  GPUs, resuming from its newest verified checkpoint (``ProcessJob``);
+- **checkpoint** when Daly's interval is due (one ``IntervalEstimator`` for the node: faults
+  are node-wide), when ground asks, and before the node takes power away (``checkpoint_all``);
+- **restart** a job that crashed, or whose GPU reported a fault (``gpu_fault``), from its
+  newest checkpoint after a backoff (1 s doubling to 60 s); after ``max_crashes`` crashes
+  within ``crash_window_s`` the job is failed and left stopped (an event says so);
+- **pause / resume / cancel** by ground command; pause and cancel stop the job with a final
+  checkpoint (SIGTERM, SIGKILL after the stop timeout);
+- on leaving the block, every job is stopped the same way.
+
+Each job runs in its own process group and dies with the node (``ProcessJob``). Its group
+id is kept in ``<run_dir>/<job>.pgid`` while it runs; at the next start, a group left from
+a node that was killed (a child that escaped ``PR_SET_PDEATHSIG``) is ended before anything
+starts again, so two copies of a job never run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from node.jobs.errors import JobProtocolError
+from node.jobs.model import Job, JobState
+from node.jobs.policy import IntervalEstimator
+from node.jobs.process import ProcessEvent, ProcessEventKind, ProcessJob, kill_group
+from node.jobs.store import AsyncCheckpointStore
+
+log = logging.getLogger("umbra.node.jobs.runner")
+
+BACKOFF_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+#: (kind, severity 0-4, text, data) → the node's event log.
+EventSink = Callable[[str, int, str, dict[str, Any]], None]
+
+
+@dataclass
+class _Slot:
+    job: ProcessJob
+    #: What ground (or the node) wants: run, pause, cancel.
+    wanted: str = "run"
+    crashes: deque[float] = field(default_factory=deque)
+    restarts: int = 0
+    failed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    checkpoint_now: bool = False
+    last_checkpoint_at: float = 0.0
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _group_has_job(pgid: int, job_id: str) -> bool:
+    """Is some process of group ``pgid`` running job ``job_id`` (its UMBRA_JOB_ID)?"""
+    needle = f"UMBRA_JOB_ID={job_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            pgrp = int(stat.rsplit(")", 1)[1].split()[2])
+            if pgrp == pgid and needle in (entry / "environ").read_bytes().split(b"\0"):
+                return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
+def end_leftovers(run_dir: Path, job_ids: Iterable[str]) -> list[str]:
+    """Kill the process groups a killed node left running; returns the jobs that had one."""
+    ended = []
+    boot = _boot_id()
+    for job_id in job_ids:
+        path = run_dir / f"{job_id}.pgid"
+        try:
+            pgid_text, _, recorded_boot = path.read_text().partition(" ")
+            pgid = int(pgid_text)
+        except (OSError, ValueError):
+            continue
+        if recorded_boot.strip() == boot and _group_has_job(pgid, job_id):
+            log.warning("job %s: process group %d outlived the node; ending it", job_id, pgid)
+            kill_group(pgid, signal.SIGKILL)
+            ended.append(job_id)
+        path.unlink(missing_ok=True)
+    return ended
+
+
+class ProcessJobRunner:
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        *,
+        store: AsyncCheckpointStore,
+        staging_root: Path,
+        run_dir: Path,
+        estimator: IntervalEstimator | None = None,
+        on_event: EventSink | None = None,
+        stop_timeout_s: float = 30.0,
+        checkpoint_timeout_s: float = 120.0,
+        ready_timeout_s: float = 30.0,
+        backoff_s: float = BACKOFF_S,
+        clock: Callable[[], float] = time.monotonic,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._jobs = [j for j in jobs if j.is_process]
+        self._store = store
+        self._staging_root = Path(staging_root)
+        self.run_dir = Path(run_dir)
+        self.estimator = estimator or IntervalEstimator(clock=clock)
+        self._on_event = on_event
+        self._stop_timeout_s = stop_timeout_s
+        self._checkpoint_timeout_s = checkpoint_timeout_s
+        self._ready_timeout_s = ready_timeout_s
+        self._backoff_s = backoff_s
+        self._clock = clock
+        self._log_dir = log_dir
+        self._slots: dict[str, _Slot] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._logs: list[Any] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for job_id in end_leftovers(self.run_dir, [j.id for j in self._jobs]):
+            self._event("job_leftover_ended", 3, f"job {job_id}: processes left by a killed node ended",
+                        job=job_id)
+        for job in self._jobs:
+            self._slots[job.id] = _Slot(self._process_job(job))
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._tasks = [self._tg.create_task(self._supervise(job_id), name=f"umbra.job.{job_id}")
+                       for job_id in self._slots]
+        if self._slots:
+            self.estimator.resume()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._closing = True
+        for slot in self._slots.values():
+            slot.wake.set()
+        assert self._tg is not None
+        try:
+            await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            for f in self._logs:
+                f.close()
+
+    def _process_job(self, job: Job) -> ProcessJob:
+        devices = ",".join(str(g) for g in job.gpus)
+        env = {**os.environ, **dict(job.env), "CUDA_VISIBLE_DEVICES": devices,
+               "NVIDIA_VISIBLE_DEVICES": devices or "void"}
+        out: Any = None
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self._log_dir / f"{job.id}.log", "ab")  # closed at exit
+            self._logs.append(out)
+        return ProcessJob(
+            job, store=self._store, staging_root=self._staging_root, env=env,
+            cwd=Path(job.cwd) if job.cwd else None, stop_timeout_s=self._stop_timeout_s,
+            checkpoint_timeout_s=self._checkpoint_timeout_s, ready_timeout_s=self._ready_timeout_s,
+            stdout=out, stderr=out, on_event=lambda e: self._on_process_event(e),
+        )
+
+    # -- what ground and the controller ask ----------------------------------------------
+
+    def has(self, job_id: str) -> bool:
+        return job_id in self._slots
+
+    def jobs_on(self, gpu: int) -> list[str]:
+        return [i for i, s in self._slots.items() if gpu in s.job.job.gpus]
+
+    def _slot(self, job_id: str) -> _Slot:
+        try:
+            return self._slots[job_id]
+        except KeyError:
+            raise KeyError(f"no process job {job_id!r}") from None
+
+    def pause(self, job_id: str) -> None:
+        slot = self._slot(job_id)
+        slot.wanted = "pause"
+        slot.wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        slot = self._slot(job_id)
+        slot.wanted = "cancel"
+        slot.wake.set()
+
+    def resume(self, job_id: str) -> None:
+        """Run again (also a job failed for crashing too often: ground decided)."""
+        slot = self._slot(job_id)
+        slot.wanted, slot.failed = "run", False
+        slot.crashes.clear()
+        slot.wake.set()
+
+    def checkpoint(self, job_id: str) -> None:
+        slot = self._slot(job_id)
+        slot.checkpoint_now = True
+        slot.wake.set()
+
+    def checkpoint_all(self, reason: str) -> None:
+        """Power is about to go (SAFE, shedding, an eclipse): checkpoint every running job."""
+        for job_id, slot in self._slots.items():
+            if slot.job.running:
+                log.info("job %s: checkpoint (%s)", job_id, reason)
+                slot.checkpoint_now = True
+                slot.wake.set()
+
+    def gpu_fault(self, gpu: int, why: str) -> None:
+        """A GPU reported an Xid, an ECC error or an upset: its jobs restart from a checkpoint."""
+        for job_id in self.jobs_on(gpu):
+            slot = self._slots[job_id]
+            if slot.job.running:
+                self._event("job_gpu_fault", 2, f"job {job_id}: GPU {gpu} {why}; restarting from its checkpoint",
+                            job=job_id, gpu=gpu)
+                self.estimator.observe_fault()
+                asyncio.get_running_loop().create_task(slot.job.kill())
+
+    def telemetry(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for job_id, slot in self._slots.items():
+            job = slot.job.job
+            last = job.last_checkpoint
+            out[job_id] = {
+                "state": "failed" if slot.failed else job.state.value, "progress": job.progress,
+                "gpus": list(job.gpus), "restarts": slot.restarts, "pid": slot.job.pid or 0,
+                "checkpoint_seq": last.seq if last else 0, "reason": job.reason[:120],
+            }
+        return out
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def _event(self, kind: str, severity: int, text: str, **data: Any) -> None:
+        (log.warning if severity >= 2 else log.info)("%s", text)
+        if self._on_event is not None:
+            self._on_event(kind, severity, text, data)
+
+    def _on_process_event(self, event: ProcessEvent) -> None:
+        if event.kind is ProcessEventKind.CHECKPOINTED and event.cost_s is not None:
+            self.estimator.observe_checkpoint(event.cost_s)
+        if event.kind is ProcessEventKind.CHECKPOINTED:
+            slot = self._slots.get(event.job.id)
+            if slot is not None:
+                slot.last_checkpoint_at = self._clock()
+        if event.kind in (ProcessEventKind.PROTOCOL_ERROR, ProcessEventKind.CHECKPOINT_FAILED):
+            self._event("job_protocol", 2, f"job {event.job.id}: {event.kind.value}: {event.detail}",
+                        job=event.job.id)
+
+    def _pgid_file(self, job_id: str) -> Path:
+        return self.run_dir / f"{job_id}.pgid"
+
+    async def _supervise(self, job_id: str) -> None:
+        slot = self._slots[job_id]
+        while not self._closing:
+            if slot.wanted != "run" or slot.failed:
+                await slot.wake.wait()
+                slot.wake.clear()
+                continue
+            try:
+                info = await slot.job.start()
+            except JobProtocolError as exc:
+                self._crashed(slot, f"could not start: {exc}")
+                await self._backoff(slot)
+                continue
+            self._pgid_file(job_id).write_text(f"{slot.job.pid} {_boot_id()}")
+            slot.last_checkpoint_at = self._clock()
+            self._event("job_started", 1, f"job {job_id} started on GPUs {list(slot.job.job.gpus)}"
+                        + (f", resuming from checkpoint {info.seq}" if info else ""), job=job_id,
+                        pid=slot.job.pid, resumed_from=info.seq if info else 0)
+            returncode = await self._run_until_exit(slot)
+            self._pgid_file(job_id).unlink(missing_ok=True)
+            state = slot.job.job.state
+            if state is JobState.FINISHED:
+                self._event("job_finished", 1, f"job {job_id} finished", job=job_id,
+                            progress=slot.job.job.progress)
+                slot.wanted = "done"
+            elif slot.wanted in ("pause", "cancel") or self._closing:
+                self._event(f"job_{'cancelled' if slot.wanted == 'cancel' else 'stopped'}", 1,
+                            f"job {job_id} stopped with a final checkpoint (exit {returncode})", job=job_id)
+            else:
+                self.estimator.observe_fault()
+                self._crashed(slot, f"exited with {returncode}")
+                await self._backoff(slot)
+
+    async def _run_until_exit(self, slot: _Slot) -> int:
+        exited = asyncio.ensure_future(slot.job.wait())
+        try:
+            while True:
+                left = self.estimator.interval_s() - (self._clock() - slot.last_checkpoint_at)
+                slot.wake.clear()
+                woke = asyncio.ensure_future(slot.wake.wait())
+                await asyncio.wait({exited, woke}, timeout=max(left, 0.0),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                woke.cancel()
+                if exited.done():
+                    return exited.result()
+                if self._closing or slot.wanted in ("pause", "cancel"):
+                    return await slot.job.stop()
+                due = self._clock() - slot.last_checkpoint_at >= self.estimator.interval_s()
+                if slot.checkpoint_now or due:
+                    slot.checkpoint_now = False
+                    slot.last_checkpoint_at = self._clock()  # a failed one is not retried at once
+                    try:
+                        await slot.job.checkpoint()
+                    except JobProtocolError as exc:  # no READY, a bad file, a timeout: it runs on
+                        self._event("job_checkpoint_failed", 2, str(exc), job=slot.job.job.id)
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    def _crashed(self, slot: _Slot, why: str) -> None:
+        job = slot.job.job
+        now = self._clock()
+        slot.crashes.append(now)
+        while slot.crashes and now - slot.crashes[0] > job.crash_window_s:
+            slot.crashes.popleft()
+        if len(slot.crashes) >= job.max_crashes:
+            slot.failed = True
+            self._event("job_failed", 3, f"job {job.id} {why}: {len(slot.crashes)} crashes in "
+                        f"{job.crash_window_s:.0f} s, left stopped (job_resume to try again)", job=job.id)
+        else:
+            self._event("job_crashed", 2, f"job {job.id} {why}; restarting from its newest checkpoint",
+                        job=job.id, crashes=len(slot.crashes))
+
+    async def _backoff(self, slot: _Slot) -> None:
+        if slot.failed:
+            return
+        delay = min(BACKOFF_MAX_S, self._backoff_s * 2 ** max(0, len(slot.crashes) - 1))
+        slot.restarts += 1
+        slot.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(slot.wake.wait(), delay)

@@ -1,0 +1,281 @@
+"""Process jobs under the node's runner (node/jobs/runner.py): real processes, a real store,
+real signals.  The answer of node.jobs.example_job after kills must equal an uninterrupted
+run's; no job process may outlive a killed node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.errors import ConfigError
+from node.jobs.example_job import compute
+from node.jobs.model import Job, parse_jobs
+from node.jobs.policy import IntervalEstimator, PolicyConfig
+from node.jobs.runner import ProcessJobRunner
+from node.jobs.store import AsyncCheckpointStore, CheckpointStore
+
+HERE = Path(__file__).resolve().parent
+STEPS, WORK = 600, 8000  # a few seconds of hashing: long enough to be killed
+
+
+def example(out: Path, steps: int = STEPS) -> tuple[str, ...]:
+    return (sys.executable, "-m", "node.jobs.example_job", "--steps", str(steps), "--work", str(WORK),
+            "--output", str(out), "--progress-every", "10")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, severity: int, text: str, data: dict[str, Any]) -> None:
+        self.seen.append((kind, data))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.seen]
+
+    async def wait(self, kind: str, count: int = 1, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.kinds().count(kind) < count:
+            assert time.monotonic() < deadline, (kind, self.kinds())
+            await asyncio.sleep(0.02)
+
+
+def runner(tmp_path: Path, jobs: list[Job], events: Events, store: CheckpointStore, **kw: Any) -> ProcessJobRunner:
+    estimator = IntervalEstimator(PolicyConfig(min_interval_s=0.2, max_interval_s=0.2, prior_cost_s=0.01),
+                                  clock=time.monotonic)
+    return ProcessJobRunner(jobs, store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
+                            run_dir=tmp_path / "run", estimator=estimator, on_event=events,
+                            backoff_s=0.05, stop_timeout_s=5.0, **kw)
+
+
+async def test_a_job_runs_on_its_gpus_with_their_devices_visible(tmp_path: Path) -> None:
+    seen = tmp_path / "env.txt"
+    script = (f"import os; open({str(seen)!r}, 'w').write(os.environ['CUDA_VISIBLE_DEVICES'] + ' ' + "
+              "os.environ['NVIDIA_VISIBLE_DEVICES'] + ' ' + os.environ['MY_FLAG']); "
+              "fd = int(os.environ['UMBRA_CONTROL_FD']); os.write(fd, b'READY\\nDONE 1\\n')")
+    job = Job(id="envjob", gpus=(1, 3), command=(sys.executable, "-c", script), env=(("MY_FLAG", "on"),))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            await events.wait("job_finished")
+            assert r.telemetry()["envjob"]["state"] == "finished"
+    assert seen.read_text() == "1,3 1,3 on"
+
+
+@pytest.mark.timeout(120)
+async def test_a_job_killed_again_and_again_gives_the_uninterrupted_answer(tmp_path: Path) -> None:
+    out = tmp_path / "answer.txt"
+    job = Job(id="chain", gpus=(0,), command=example(out), max_crashes=20)
+    events = Events()
+    rng = random.Random(7)
+    with CheckpointStore(tmp_path / "ckpt", keep=2) as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            for kill in range(4):
+                await events.wait("job_started", kill + 1)
+                await asyncio.sleep(rng.uniform(0.3, 0.8))
+                if "job_finished" in events.kinds():
+                    break
+                os.kill(r.telemetry()["chain"]["pid"], signal.SIGKILL)  # a crash, as the job sees it
+            await events.wait("job_finished", timeout=90)
+            resumed = [d["resumed_from"] for k, d in events.seen if k == "job_started"]
+    assert out.read_text().strip() == compute("umbra", STEPS, WORK)
+    assert events.kinds().count("job_crashed") >= 1 and any(resumed[1:]), resumed
+
+
+async def test_a_job_that_keeps_crashing_is_failed_and_can_be_resumed(tmp_path: Path) -> None:
+    job = Job(id="broken", gpus=(0,), command=(sys.executable, "-c", "raise SystemExit(3)"), max_crashes=3)
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            await events.wait("job_failed")
+            await asyncio.sleep(0.3)
+            assert events.kinds().count("job_started") == 3  # no fourth try on its own
+            assert r.telemetry()["broken"]["state"] == "failed"
+            r.resume("broken")
+            await events.wait("job_started", 4)
+
+
+async def test_pause_resume_and_cancel_by_ground(tmp_path: Path) -> None:
+    out = tmp_path / "answer.txt"
+    job = Job(id="long", gpus=(0,), command=example(out, steps=100_000))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            await events.wait("job_started")
+            await asyncio.sleep(0.5)
+            r.pause("long")
+            await events.wait("job_stopped")
+            saved = store.latest("long")
+            assert saved is not None and saved.progress > 0  # the final checkpoint
+            assert r.telemetry()["long"]["pid"] == 0 or r.telemetry()["long"]["state"] == "paused"
+            r.resume("long")
+            await events.wait("job_started", 2)
+            (_, second) = [d for k, d in events.seen if k == "job_started"]
+            assert second["resumed_from"] == saved.seq
+            r.checkpoint("long")
+            await asyncio.sleep(0.5)
+            assert store.latest("long").seq > saved.seq  # type: ignore[union-attr]
+            r.cancel("long")
+            await events.wait("job_cancelled")
+    assert not out.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _start_node(root: Path, job_id: str, command: list[str]) -> tuple[subprocess.Popen[str], int]:
+    node = subprocess.Popen([sys.executable, str(HERE / "jobnode.py"), str(root), job_id, "--", *command],
+                            stdout=subprocess.PIPE, text=True, cwd=HERE.parent,
+                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    assert node.stdout is not None
+    line = node.stdout.readline()
+    assert line.startswith("started "), line
+    return node, int(line.split()[1])
+
+
+@pytest.mark.timeout(180)
+def test_ten_node_kills_leave_the_answer_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    out = tmp_path / "answer.txt"
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(10):
+        node, job_pid = _start_node(tmp_path, "chain", list(example(out, steps=2000)))
+        time.sleep(rng.uniform(0.2, 0.6))
+        if out.exists():
+            break
+        node.kill()  # SIGKILL of the node: no chance to stop its job
+        node.wait()
+        kills += 1
+        assert _wait_gone(job_pid), "the job outlived its node"
+    assert kills == 10, f"the job finished after {kills} kills: make it longer"
+    node, _ = _start_node(tmp_path, "chain", list(example(out, steps=2000)))
+    assert node.wait(timeout=120) == 0
+    assert out.read_text().strip() == compute("umbra", 2000, WORK)
+
+
+GRANDCHILD = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open(sys.argv[1], "w").write(str(child.pid))
+fd = int(os.environ["UMBRA_CONTROL_FD"]); os.write(fd, b"READY\\n")
+time.sleep(300)
+"""
+
+
+def test_a_child_that_escapes_the_killed_node_is_ended_at_the_next_start(tmp_path: Path) -> None:
+    script = tmp_path / "forker.py"
+    script.write_text(GRANDCHILD)
+    pid_file = tmp_path / "grandchild.pid"
+    command = [sys.executable, str(script), str(pid_file)]
+    node, job_pid = _start_node(tmp_path, "forker", command)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    node.kill()
+    node.wait()
+    assert _wait_gone(job_pid)  # the job itself died with the node (PR_SET_PDEATHSIG)
+    assert _alive(grandchild)  # its child did not: it is in the job's process group
+    pid_file.unlink()
+    node, _ = _start_node(tmp_path, "forker", command)  # the next node ends it first
+    try:
+        assert _wait_gone(grandchild)
+    finally:
+        node.kill()
+        node.wait()
+
+
+async def test_when_a_job_exits_its_leftover_children_are_ended(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    script = ("import os, subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(300)']); open({str(pid_file)!r}, 'w').write(str(c.pid)); "
+              "os.write(int(os.environ['UMBRA_CONTROL_FD']), b'READY\\nDONE 1\\n')")
+    job = Job(id="leaver", gpus=(0,), command=(sys.executable, "-c", script))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store):
+            await events.wait("job_finished")
+    assert not _alive(int(pid_file.read_text()))
+
+
+def test_job_configuration_is_checked(tmp_path: Path) -> None:
+    ok = parse_jobs([{"id": "a", "gpus": [0, 1], "command": [sys.executable, "-V"], "env": {"X": "1"},
+                      "cwd": str(tmp_path), "max_crashes": 5}])
+    assert ok[0].env == (("X", "1"),) and ok[0].cwd == str(tmp_path) and ok[0].max_crashes == 5
+    bad = [
+        ([{"id": "a", "command": ["no-such-program-umbra"]}], "jobs[0].command"),
+        ([{"id": "a", "gpus": [0], "command": [sys.executable]},
+          {"id": "b", "gpus": [0], "command": [sys.executable]}], "jobs[1].gpus"),
+        ([{"id": "a", "command": [sys.executable], "env": {"CUDA_VISIBLE_DEVICES": "7"}}], "jobs[0].env"),
+        ([{"id": "a", "command": [sys.executable], "cwd": str(tmp_path / "missing")}], "jobs[0].cwd"),
+    ]
+    for raw, key in bad:
+        with pytest.raises(ConfigError) as err:
+            parse_jobs(raw)
+        assert err.value.key.startswith(key), (raw, err.value)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_umbra_node_runs_a_configured_job_and_reports_it(mosquitto, tmp_path: Path) -> None:
+    """`[[jobs]]` in the node's config: the real node starts it on its GPU, checkpoints it,
+    reports it in housekeeping, and the job's answer is the uninterrupted one."""
+    import aiomqtt
+
+    from hil.bench import LocalBench
+    from node.bus.payloads import Housekeeping, Leaf, topic
+
+    out = tmp_path / "answer.txt"
+    command = ", ".join(f'"{c}"' for c in example(out, steps=1200))
+    config = tmp_path / "node.toml"
+    config.write_text(f'[checkpoints]\nmin_interval_s = 1.0\nmax_interval_s = 1.0\nprior_cost_s = 0.01\n\n'
+                      f'[[jobs]]\nid = "chain"\ngpus = [1]\ncommand = [{command}]\n')
+    bench = LocalBench(workdir=tmp_path / "bench", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
+                       node_id="jobs-e2e", gpus=2, hk_rate_hz=5.0, node_args=("--config", str(config)))
+    seen: list[dict[str, Any]] = []
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="jobs-e2e-ground") as ground:
+        await ground.subscribe(topic("jobs-e2e", Leaf.HK), qos=1)
+        bench.start()
+        try:
+            async with asyncio.timeout(90):
+                async for m in ground.messages:
+                    hk = Housekeeping.from_wire(bytes(m.payload))  # type: ignore[arg-type]
+                    job = hk.jobs.get("process", {}).get("chain")
+                    if job:
+                        seen.append(job)
+                        if job["state"] == "finished":
+                            break
+        finally:
+            bench.stop()
+    assert out.read_text().strip() == compute("umbra", 1200, WORK)
+    assert any(j["state"] == "running" and j["gpus"] == [1] and j["pid"] > 0 for j in seen)
+    assert max(j["checkpoint_seq"] for j in seen) >= 1  # checkpointed on its interval
+    logs = (tmp_path / "bench").rglob("chain.log")
+    assert any(p.read_text().strip() == compute("umbra", 1200, WORK) for p in logs)
