@@ -313,3 +313,19 @@ async def test_job_catalogue_reads_the_nodes_store(tmp_path) -> None:
             with pytest.raises(CommandRejected) as err:
                 NodeCommands(node).job_catalogue("gpu-9")
             assert err.value.code == Reason.NOT_FOUND
+
+
+def test_new_xids_and_gpus_off_the_bus_are_faults_of_those_gpus() -> None:
+    import dataclasses
+
+    from node.control.law import UmbraLaw
+    from node.controller.session import ControlSession
+
+    session = ControlSession(INFO, UmbraLaw(ControlParams()))
+    base = dataclasses.replace(sensor(1.0, (50.0, 50.0)), xid=(4, 0), gpu_ok=0b11)
+    assert session.gpu_faults(base) == []  # counts since board boot: the baseline, not faults
+    assert session.gpu_faults(dataclasses.replace(base, t_board=2.0)) == []
+    assert session.gpu_faults(dataclasses.replace(base, t_board=3.0, xid=(4, 1))) == [(1, "reported an Xid error")]
+    assert session.gpu_faults(dataclasses.replace(base, t_board=4.0, xid=(4, 1), gpu_ok=0b10)) == [
+        (0, "fell off the bus")]
+    assert session.gpu_faults(dataclasses.replace(base, t_board=5.0, xid=(4, 1), gpu_ok=0b10)) == []

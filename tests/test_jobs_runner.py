@@ -279,3 +279,25 @@ async def test_umbra_node_runs_a_configured_job_and_reports_it(mosquitto, tmp_pa
     assert max(j["checkpoint_seq"] for j in seen) >= 1  # checkpointed on its interval
     logs = (tmp_path / "bench").rglob("chain.log")
     assert any(p.read_text().strip() == compute("umbra", 1200, WORK) for p in logs)
+
+
+async def test_a_gpu_fault_restarts_its_job_from_the_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "answer.txt"
+    jobs = [Job(id="on0", gpus=(0,), command=example(out)),
+            Job(id="on1", gpus=(1,), command=example(tmp_path / "other.txt", steps=100_000))]
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, jobs, events, store) as r:
+            await events.wait("job_started", 2)
+            await asyncio.sleep(0.6)
+            other_pid = r.telemetry()["on1"]["pid"]
+            r.gpu_fault(0, "reported an Xid error")
+            await events.wait("job_gpu_fault")
+            await events.wait("job_started", 3)
+            await events.wait("job_finished", timeout=60)
+            assert r.telemetry()["on1"]["pid"] == other_pid  # the other GPU's job ran on
+            assert r.telemetry()["on0"]["restarts"] == 1
+    assert "job_crashed" not in events.kinds()  # the node's own doing, not the job's
+    restarted = [d for k, d in events.seen if k == "job_started" and d["job"] == "on0"]
+    assert restarted[-1]["resumed_from"] >= 1
+    assert out.read_text().strip() == compute("umbra", STEPS, WORK)

@@ -363,6 +363,10 @@ class NodeController:
                 eclipse_in_s=sensor.eclipse_in_s if sensor.eclipse_in_s >= 0.0 else float("nan"),
             ),
         )
+        faults = session.gpu_faults(sensor)
+        if faults and self.process_jobs is not None:  # a real job on that GPU would crash now
+            for gpu, why in faults:
+                self.process_jobs.gpu_fault(gpu, why)
         if self.mode is not Mode.SAFE:
             self._pick_operating_mode(session, result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6

@@ -30,6 +30,9 @@ class ControlSession:
         self.sent = np.full(n, np.nan)  # what the board was sent; NaN: nothing yet, so the next frame sends
         self.min_caps = np.full(n, info.cap_min_w)
         self.temp_est = np.full(n, np.nan)
+        #: Xid counts and the on-bus mask of the last frame (None before the session's first).
+        self._xid: tuple[int, ...] | None = None
+        self._gpu_ok: int | None = None
         self.last: Sensor | None = None
         self._watchdog_seen = False
 
@@ -39,6 +42,22 @@ class ControlSession:
         first = tripped and not self._watchdog_seen
         self._watchdog_seen = tripped
         return first
+
+    def gpu_faults(self, sensor: Sensor) -> list[tuple[int, str]]:
+        """GPUs that reported a new Xid (ECC, an upset) or fell off the bus since the last frame.
+
+        The session's first frame only sets the baseline: counts since board boot are old news.
+        """
+        faults: list[tuple[int, str]] = []
+        if self._xid is not None and len(sensor.xid) == len(self._xid):
+            faults += [(g, "reported an Xid error") for g, (now, before) in enumerate(zip(sensor.xid, self._xid, strict=True))
+                       if now > before]
+        if self._gpu_ok is not None:
+            dropped = self._gpu_ok & ~sensor.gpu_ok
+            faults += [(g, "fell off the bus") for g in range(self.info.gpu_count) if dropped >> g & 1
+                       and all(g != f for f, _ in faults)]
+        self._xid, self._gpu_ok = tuple(sensor.xid), sensor.gpu_ok
+        return faults
 
     def resend(self) -> None:
         """Forget what the board was sent (it dropped our caps, or refused them): send again."""

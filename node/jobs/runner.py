@@ -61,6 +61,8 @@ class _Slot:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     checkpoint_now: bool = False
     last_checkpoint_at: float = 0.0
+    #: The next exit is a GPU fault the node caused on purpose (already counted).
+    fault: bool = False
 
 
 def _boot_id() -> str:
@@ -139,6 +141,7 @@ class ProcessJobRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._logs: list[Any] = []
+        self._kills: set[asyncio.Task[int]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -237,7 +240,10 @@ class ProcessJobRunner:
                 self._event("job_gpu_fault", 2, f"job {job_id}: GPU {gpu} {why}; restarting from its checkpoint",
                             job=job_id, gpu=gpu)
                 self.estimator.observe_fault()
-                asyncio.get_running_loop().create_task(slot.job.kill())
+                slot.fault = True
+                task = asyncio.get_running_loop().create_task(slot.job.kill())
+                self._kills.add(task)
+                task.add_done_callback(self._kills.discard)
 
     def telemetry(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -300,6 +306,9 @@ class ProcessJobRunner:
             elif slot.wanted in ("pause", "cancel") or self._closing:
                 self._event(f"job_{'cancelled' if slot.wanted == 'cancel' else 'stopped'}", 1,
                             f"job {job_id} stopped with a final checkpoint (exit {returncode})", job=job_id)
+            elif slot.fault:  # killed for its GPU's fault: straight back from the checkpoint
+                slot.fault = False
+                slot.restarts += 1
             else:
                 self.estimator.observe_fault()
                 self._crashed(slot, f"exited with {returncode}")
