@@ -301,3 +301,70 @@ async def test_a_gpu_fault_restarts_its_job_from_the_checkpoint(tmp_path: Path) 
     restarted = [d for k, d in events.seen if k == "job_started" and d["job"] == "on0"]
     assert restarted[-1]["resumed_from"] >= 1
     assert out.read_text().strip() == compute("umbra", STEPS, WORK)
+
+
+@pytest.mark.timeout(120)
+async def test_a_numpy_training_loop_killed_and_paused_ends_with_the_same_weights(tmp_path: Path) -> None:
+    """node/jobs/train_numpy.py, written with node/jobs/jobkit.py: bit-identical weights."""
+    from node.jobs import train_numpy
+
+    steps = 20_000
+    alone = tmp_path / "alone.txt"
+    assert train_numpy.main(["--steps", str(steps), "--output", str(alone)]) == 0  # no node: no-ops
+    out = tmp_path / "under-umbra.txt"
+    job = Job(id="mlp", gpus=(0,), command=(sys.executable, "-m", "node.jobs.train_numpy", "--steps", str(steps),
+                                          "--output", str(out)), max_crashes=20)
+    events = Events()
+    rng = random.Random(3)
+    with CheckpointStore(tmp_path / "ckpt", keep=2) as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            for n in range(3):
+                await events.wait("job_started", n + 1)
+                await asyncio.sleep(rng.uniform(0.4, 0.9))
+                os.kill(r.telemetry()["mlp"]["pid"], signal.SIGKILL)
+            await events.wait("job_started", 4)
+            await asyncio.sleep(0.5)
+            r.pause("mlp")  # SIGTERM: the loop saves at its next safe point and exits
+            await events.wait("job_stopped")
+            r.resume("mlp")
+            await events.wait("job_finished", timeout=90)
+    resumed = [d["resumed_from"] for k, d in events.seen if k == "job_started"]
+    assert sum(1 for x in resumed if x) >= 2, resumed
+    assert out.read_text() == alone.read_text()
+
+
+def test_jobkit_without_a_node_does_nothing_and_under_one_speaks_the_protocol(tmp_path: Path, monkeypatch) -> None:
+    from node.jobs.jobkit import Checkpointer
+
+    for name in ("UMBRA_CONTROL_FD", "UMBRA_CHECKPOINT_DIR", "UMBRA_RESTORE_FROM"):
+        monkeypatch.delenv(name, raising=False)
+    alone = Checkpointer()
+    assert not alone.under_node and alone.restore() is None and not alone.due
+    alone.ready(), alone.save(b"x", progress=1), alone.done(1)  # no-ops
+    read_fd, write_fd = os.pipe()
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "from.bin").write_bytes(b"resume me")
+    monkeypatch.setenv("UMBRA_CONTROL_FD", str(write_fd))
+    monkeypatch.setenv("UMBRA_CHECKPOINT_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("UMBRA_RESTORE_FROM", str(tmp_path / "from.bin"))
+    monkeypatch.setenv("UMBRA_RESTORE_PROGRESS", "4.0")
+    old = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    try:
+        ck = Checkpointer(progress_every_s=0.0)
+        assert ck.restore() == b"resume me" and ck.restored_progress == 4.0
+        ck.ready()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert ck.due and not ck.stopping
+        ck.save(b"state", progress=5)
+        assert not ck.due
+        ck.progress(6)
+        ck.done(7)
+        os.close(write_fd)
+        lines = os.read(read_fd, 4096).decode().splitlines()
+        assert lines == ["READY", "CHECKPOINT ckpt-00000001.bin 5.0", "PROGRESS 6.0", "DONE 7.0"]
+        assert (tmp_path / "staging" / "ckpt-00000001.bin").read_bytes() == b"state"
+        assert [p.name for p in (tmp_path / "staging").iterdir()] == ["ckpt-00000001.bin"]
+    finally:
+        signal.signal(signal.SIGUSR1, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+        os.close(read_fd)
