@@ -329,3 +329,42 @@ def test_new_xids_and_gpus_off_the_bus_are_faults_of_those_gpus() -> None:
     assert session.gpu_faults(dataclasses.replace(base, t_board=4.0, xid=(4, 1), gpu_ok=0b10)) == [
         (0, "fell off the bus")]
     assert session.gpu_faults(dataclasses.replace(base, t_board=5.0, xid=(4, 1), gpu_ok=0b10)) == []
+
+
+class RecordingRunner:
+    """Stands in for the node's ProcessJobRunner: what the controller asked of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def checkpoint_all(self, reason: str) -> None:
+        self.calls.append(("all", reason))
+
+    def checkpoint_gpu(self, gpu: int, reason: str) -> None:
+        self.calls.append(("gpu", gpu))
+
+    def gpu_fault(self, gpu: int, why: str) -> None:
+        self.calls.append(("fault", gpu))
+
+    def telemetry(self) -> dict[str, object]:
+        return {}
+
+
+async def test_the_controller_tells_process_jobs_what_is_coming(rig) -> None:
+    import dataclasses
+
+    board, _, node = rig
+    recorder = RecordingRunner()
+    node.process_jobs = recorder  # type: ignore[assignment]
+    await feed(board, node, LinkUp(INFO))
+    base = dataclasses.replace(sensor(1.0, (50.0, 50.0)), xid=(0, 0), gpu_ok=0b11, eclipse_in_s=3000.0)
+    await feed(board, node, SensorReading(base, 0.0))
+    for t, ecl in ((2.0, 60.0), (3.0, 59.0), (4.0, 3000.0), (5.0, 30.0)):  # two approaches
+        await feed(board, node, SensorReading(dataclasses.replace(base, t_board=t, eclipse_in_s=ecl), 0.0))
+    assert [c for c in recorder.calls if c[0] == "all"] == [("all", "eclipse ahead")] * 2
+    await feed(board, node, SensorReading(dataclasses.replace(base, t_board=6.0, xid=(0, 2)), 0.0))
+    assert ("fault", 1) in recorder.calls
+    for i in range(40):  # GPU 0 far above the limit: its job is checkpointed ahead of the loss
+        await feed(board, node, SensorReading(dataclasses.replace(
+            base, t_board=7.0 + i * 0.1, temp_c=(99.0, 50.0), xid=(0, 2)), 0.0))
+    assert ("gpu", 0) in recorder.calls and ("gpu", 1) not in recorder.calls

@@ -368,3 +368,48 @@ def test_jobkit_without_a_node_does_nothing_and_under_one_speaks_the_protocol(tm
         signal.signal(signal.SIGUSR1, old[0])
         signal.signal(signal.SIGTERM, old[1])
         os.close(read_fd)
+
+
+async def test_a_shed_gpu_stops_its_job_with_a_final_checkpoint_and_resumes_it(tmp_path: Path) -> None:
+    jobs = [Job(id="pair", gpus=(0, 1), command=example(tmp_path / "a.txt", steps=100_000)),
+            Job(id="solo", gpus=(2,), command=example(tmp_path / "b.txt", steps=100_000))]
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, jobs, events, store) as r:
+            await events.wait("job_started", 2)
+            await asyncio.sleep(0.4)
+            r.power_off(1, "is being shed")
+            await events.wait("job_stopped")
+            assert store.latest("pair") is not None and r.telemetry()["solo"]["pid"] > 0
+            r.pause("pair")  # ground's wish while it is off: not undone by the power
+            r.power_on(1)
+            await asyncio.sleep(0.3)
+            assert events.kinds().count("job_started") == 2
+            r.resume("pair")
+            await events.wait("job_started", 3)
+            r.power_off(0, "is being shed")
+            r.power_off(1, "is being shed")
+            await events.wait("job_stopped", 2)
+            r.power_on(0)  # GPU 1 still off: the two-GPU job waits
+            await asyncio.sleep(0.3)
+            assert events.kinds().count("job_started") == 3
+            r.power_on(1)
+            await events.wait("job_power_on")
+            await events.wait("job_started", 4)
+
+
+async def test_checkpoints_for_a_hot_gpu_are_not_taken_back_to_back(tmp_path: Path) -> None:
+    job = Job(id="hot", gpus=(0,), command=example(tmp_path / "a.txt", steps=100_000))
+    events = Events()
+    slow = IntervalEstimator(PolicyConfig(min_interval_s=60.0, max_interval_s=60.0, prior_cost_s=0.01),
+                             clock=time.monotonic)
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=tmp_path / "s",
+                                    run_dir=tmp_path / "run", estimator=slow, on_event=events,
+                                    stop_timeout_s=5.0) as r:
+            await events.wait("job_started")
+            await asyncio.sleep(6.5)  # past the gap: max(1 s, a tenth of the 60 s interval)
+            for _ in range(5):
+                r.checkpoint_gpu(0, "heading for the thermal limit")
+                await asyncio.sleep(0.3)
+            assert len(store.checkpoints("hot")) == 1

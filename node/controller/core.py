@@ -91,6 +91,7 @@ class NodeController:
         self.store = store
         #: The node's process jobs (``[[jobs]]`` with a command), attached once they run.
         self.process_jobs: ProcessJobRunner | None = None
+        self._eclipse_armed = True
         # Telemetry numbering; the CLI passes the outbox's, so numbers survive restarts.
         self._next_seq = next_seq or itertools.count(1).__next__
         self.policy = policy_named(config.policy)
@@ -113,7 +114,7 @@ class NodeController:
         self._sensors = SensorFaults(self.events)
         self._shedder = (
             LoadShedder(rails=self.rails, board=board, jobs=self.jobs, events=self.events,
-                        grace_s=lambda: 1.5 * self.config.sim_jobs.pause_s)
+                        grace_s=lambda: 1.5 * self.config.sim_jobs.pause_s, on_power=self._process_power)
             if self.policy.sheds_load else None
         )
         self._modes = ModeMachine()
@@ -134,6 +135,31 @@ class NodeController:
         #: Set after every control step; tests and the service watchdog wait on it.
         self.stepped = asyncio.Event()
         self.steps = 0
+
+    def _process_power(self, gpu: int, on: bool) -> None:
+        if self.process_jobs is not None:
+            if on:
+                self.process_jobs.power_on(gpu)
+            else:
+                self.process_jobs.power_off(gpu, "is being shed")
+
+    def _process_jobs_frame(self, session: ControlSession, sensor: Sensor) -> None:
+        """What this frame means for the process jobs: faults, and losses foreseen."""
+        runner = self.process_jobs
+        assert runner is not None
+        for gpu, why in session.gpu_faults(sensor):  # a real job on that GPU would crash now
+            runner.gpu_fault(gpu, why)
+        cfg = self.config.sim_jobs
+        ecl = sensor.eclipse_in_s
+        if ecl == ecl and 0.0 < ecl <= cfg.eclipse_lead_s + cfg.pause_s:
+            if self._eclipse_armed:  # once per approach
+                runner.checkpoint_all("eclipse ahead")
+                self._eclipse_armed = False
+        else:
+            self._eclipse_armed = True
+        hot = session.temp_est > self.config.control.limit_c + cfg.thermal_lead_k
+        for hot_gpu in np.flatnonzero(hot):
+            runner.checkpoint_gpu(int(hot_gpu), "heading for the thermal limit")
 
     def _jobs_telemetry(self) -> dict[str, Any]:
         sim = self.jobs.telemetry()
@@ -363,10 +389,8 @@ class NodeController:
                 eclipse_in_s=sensor.eclipse_in_s if sensor.eclipse_in_s >= 0.0 else float("nan"),
             ),
         )
-        faults = session.gpu_faults(sensor)
-        if faults and self.process_jobs is not None:  # a real job on that GPU would crash now
-            for gpu, why in faults:
-                self.process_jobs.gpu_fault(gpu, why)
+        if self.process_jobs is not None:
+            self._process_jobs_frame(session, sensor)
         if self.mode is not Mode.SAFE:
             self._pick_operating_mode(session, result.thermal_bound, result.power_limited)
         self._control_us = (time.perf_counter() - started) * 1e6

@@ -40,7 +40,11 @@ class LoadShedder:
         jobs: SimJobManager,
         events: EventLog,
         grace_s: Callable[[], float],
+        on_power: Callable[[int, bool], None] | None = None,
     ) -> None:
+        #: Told (gpu, False) when a GPU is chosen to be shed, (gpu, True) when it is back on:
+        #: the node's process jobs stop with a final checkpoint and resume.
+        self._on_power = on_power
         self._rails = rails
         self._board = board
         self._jobs = jobs
@@ -64,6 +68,8 @@ class LoadShedder:
         if self._short >= SHORT_FRAMES and on:
             victim = min(on, key=lambda g: (weights[g], -g))
             self._jobs.request(victim, "load shed ahead")
+            if self._on_power is not None:
+                self._on_power(victim, False)
             self._pending[victim] = t + (self._grace_s() if self._jobs.active else 0.0)
             self._short = 0
             self._events.emit("load_shed", Severity.WARNING,
@@ -83,6 +89,8 @@ class LoadShedder:
             with contextlib.suppress(LinkError):
                 self._board.set_rail(gpu, True)
                 self._rails.switched_on(gpu)
+                if self._on_power is not None:
+                    self._on_power(gpu, True)
                 self._events.emit("load_restored", Severity.INFO, f"budget {budget_w:.0f} W: GPU {gpu} back on",
                                   gpu=gpu, budget_w=budget_w)
             self._surplus = 0

@@ -53,7 +53,7 @@ EventSink = Callable[[str, int, str, dict[str, Any]], None]
 @dataclass
 class _Slot:
     job: ProcessJob
-    #: What ground (or the node) wants: run, pause, cancel.
+    #: What ground (or the node) wants: run, pause, cancel, power (stopped while its GPU is off).
     wanted: str = "run"
     crashes: deque[float] = field(default_factory=deque)
     restarts: int = 0
@@ -142,6 +142,7 @@ class ProcessJobRunner:
         self._closing = False
         self._logs: list[Any] = []
         self._kills: set[asyncio.Task[int]] = set()
+        self._off: set[int] = set()  # GPUs load shedding switched off
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -232,6 +233,39 @@ class ProcessJobRunner:
                 slot.checkpoint_now = True
                 slot.wake.set()
 
+    def checkpoint_gpu(self, gpu: int, reason: str) -> None:
+        """Work on ``gpu`` is at risk (heading for the thermal limit): checkpoint its jobs, unless
+        one was taken within a tenth of an interval (a checkpoint costs time of its own)."""
+        gap = max(1.0, 0.1 * self.estimator.interval_s())
+        for job_id in self.jobs_on(gpu):
+            slot = self._slots[job_id]
+            if slot.job.running and self._clock() - slot.last_checkpoint_at >= gap:
+                log.info("job %s: checkpoint (%s)", job_id, reason)
+                slot.checkpoint_now = True
+                slot.wake.set()
+
+    def power_off(self, gpu: int, reason: str) -> None:
+        """``gpu`` is about to lose power (load shedding): stop its jobs with a final checkpoint;
+        :meth:`power_on` resumes them (a job ground paused stays paused)."""
+        self._off.add(gpu)
+        for job_id in self.jobs_on(gpu):
+            slot = self._slots[job_id]
+            if slot.wanted == "run":
+                self._event("job_power_off", 1, f"job {job_id}: GPU {gpu} {reason}; stopping it with a "
+                            "final checkpoint", job=job_id, gpu=gpu)
+                slot.wanted = "power"
+                slot.wake.set()
+
+    def power_on(self, gpu: int) -> None:
+        self._off.discard(gpu)
+        for job_id in self.jobs_on(gpu):
+            slot = self._slots[job_id]
+            if slot.wanted == "power" and not self._off.intersection(slot.job.job.gpus):
+                self._event("job_power_on", 1, f"job {job_id}: its GPUs are powered again; resuming",
+                            job=job_id)
+                slot.wanted = "run"
+                slot.wake.set()
+
     def gpu_fault(self, gpu: int, why: str) -> None:
         """A GPU reported an Xid, an ECC error or an upset: its jobs restart from a checkpoint."""
         for job_id in self.jobs_on(gpu):
@@ -303,7 +337,7 @@ class ProcessJobRunner:
                 self._event("job_finished", 1, f"job {job_id} finished", job=job_id,
                             progress=slot.job.job.progress)
                 slot.wanted = "done"
-            elif slot.wanted in ("pause", "cancel") or self._closing:
+            elif slot.wanted in ("pause", "cancel", "power") or self._closing:
                 self._event(f"job_{'cancelled' if slot.wanted == 'cancel' else 'stopped'}", 1,
                             f"job {job_id} stopped with a final checkpoint (exit {returncode})", job=job_id)
             elif slot.fault:  # killed for its GPU's fault: straight back from the checkpoint
@@ -326,7 +360,7 @@ class ProcessJobRunner:
                 woke.cancel()
                 if exited.done():
                     return exited.result()
-                if self._closing or slot.wanted in ("pause", "cancel"):
+                if self._closing or slot.wanted in ("pause", "cancel", "power"):
                     return await slot.job.stop()
                 due = self._clock() - slot.last_checkpoint_at >= self.estimator.interval_s()
                 if slot.checkpoint_now or due:
