@@ -368,3 +368,16 @@ async def test_the_controller_tells_process_jobs_what_is_coming(rig) -> None:
         await feed(board, node, SensorReading(dataclasses.replace(
             base, t_board=7.0 + i * 0.1, temp_c=(99.0, 50.0), xid=(0, 2)), 0.0))
     assert ("gpu", 0) in recorder.calls and ("gpu", 1) not in recorder.calls
+
+
+async def test_a_process_jobs_priority_weights_its_gpus_share_of_the_budget() -> None:
+    import sys
+
+    board, pub = FakeBoard(), ListPublisher()
+    config = NodeConfig.from_mapping({"jobs": [{"id": "train", "gpus": [1], "priority": 50,
+                                                "command": [sys.executable, "-V"]}]})
+    async with NodeController(config=config, board=board, publisher=pub) as node:
+        await feed(board, node, LinkUp(INFO))
+        assert node._weights.tolist() == [1.0, 6.0]
+        node.commands.submit_job("ground-job", 0b10, 0)  # ground's submission wins on its GPUs
+        assert node._weights.tolist() == [1.0, 1.0]

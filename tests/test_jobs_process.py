@@ -139,7 +139,8 @@ async def test_bad_checkpoint_paths_are_refused(tmp_path: Path, store: AsyncChec
     outside.write_text("x")
     script = (
         "import os\nfd = int(os.environ['UMBRA_CONTROL_FD'])\n"
-        "os.write(fd, b'READY\\nCHECKPOINT ../../secret 1\\nCHECKPOINT missing 2\\nWHAT\\n')\n"
+        "open(os.path.join(os.environ['UMBRA_CHECKPOINT_DIR'], 'empty'), 'w').close()\n"
+        "os.write(fd, b'READY\\nCHECKPOINT ../../secret 1\\nCHECKPOINT missing 2\\nCHECKPOINT empty 3\\nWHAT\\n')\n"
     )
     events: list[ProcessEvent] = []
     job = Job(id="liar", command=(sys.executable, "-c", script))
@@ -148,7 +149,7 @@ async def test_bad_checkpoint_paths_are_refused(tmp_path: Path, store: AsyncChec
         assert await pj.wait() == 0
         assert pj.job.state is JobState.FAILED  # exit without DONE is a failure
     kinds = [e.kind for e in events]
-    assert kinds.count(ProcessEventKind.CHECKPOINT_FAILED) == 2
+    assert kinds.count(ProcessEventKind.CHECKPOINT_FAILED) == 3
     assert ProcessEventKind.PROTOCOL_ERROR in kinds
     assert outside.exists() and store.store.latest("liar") is None
 

@@ -413,3 +413,54 @@ async def test_checkpoints_for_a_hot_gpu_are_not_taken_back_to_back(tmp_path: Pa
                 r.checkpoint_gpu(0, "heading for the thermal limit")
                 await asyncio.sleep(0.3)
             assert len(store.checkpoints("hot")) == 1
+
+
+READY = "import os; fd = int(os.environ['UMBRA_CONTROL_FD']); os.write(fd, b'READY\\n'); "
+
+
+@pytest.mark.parametrize(("name", "script", "expect"), [
+    ("flood", READY + "exec('while True: os.write(fd, b\"PROGRESS 1\\\\n\")')", "job_failed"),
+    ("quits", READY + "raise SystemExit(0)", "job_failed"),  # exit 0 without DONE: a crash
+])
+async def test_misbehaving_jobs_end_as_crashes_and_then_failed(tmp_path: Path, name: str, script: str,
+                                                              expect: str) -> None:
+    job = Job(id=name, gpus=(0,), command=(sys.executable, "-c", script), max_crashes=2)
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            await events.wait(expect, timeout=30)
+            assert r.telemetry()[name]["state"] == "failed"
+    assert events.kinds().count("job_crashed") == 1
+    if name == "flood":
+        assert any(k == "job_protocol" for k in events.kinds())
+
+
+async def test_a_job_that_never_says_ready_runs_on_and_its_checkpoints_fail_loudly(tmp_path: Path) -> None:
+    job = Job(id="mute", gpus=(0,), command=(sys.executable, "-c", "import time; time.sleep(60)"))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with runner(tmp_path, [job], events, store, ready_timeout_s=0.3) as r:
+            await events.wait("job_started")
+            pid = r.telemetry()["mute"]["pid"]
+            await events.wait("job_checkpoint_failed", timeout=10)
+            assert r.telemetry()["mute"]["pid"] == pid  # not restarted: it may just be slow
+            r.cancel("mute")
+            await events.wait("job_cancelled")
+
+
+async def test_a_job_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
+    script = READY + "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    job = Job(id="stubborn", gpus=(0,), command=(sys.executable, "-c", script))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        r = ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=tmp_path / "s",
+                             run_dir=tmp_path / "run", on_event=events, stop_timeout_s=1.0)
+        async with r:
+            await events.wait("job_started")
+            pid = r.telemetry()["stubborn"]["pid"]
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            r.pause("stubborn")
+            await events.wait("job_stopped", timeout=10)
+            assert 0.9 <= time.monotonic() - started < 5.0
+    assert not _alive(pid)

@@ -136,6 +136,17 @@ class NodeController:
         self.stepped = asyncio.Event()
         self.steps = 0
 
+    def _allocation_weights(self, gpu_count: int) -> np.ndarray:
+        """Ground's job priorities, then the configured process jobs' (the same 1 + p/10 scale)."""
+        weights = self.intent.weights(gpu_count)
+        named = {g for mask, _ in self.intent.named_jobs.values() for g in range(gpu_count) if mask >> g & 1}
+        for job in self.config.jobs:
+            if job.is_process:
+                for gpu in job.gpus:
+                    if gpu < gpu_count and gpu not in named:  # ground's submission wins
+                        weights[gpu] = 1.0 + job.priority / 10.0
+        return weights
+
     def _process_power(self, gpu: int, on: bool) -> None:
         if self.process_jobs is not None:
             if on:
@@ -210,7 +221,7 @@ class NodeController:
         """Ground changed a limit, a job or a pause: recompute what the frames read."""
         info = self.board.info
         if info is not None and self._session is not None:
-            self._weights = self.intent.weights(info.gpu_count)
+            self._weights = self._allocation_weights(info.gpu_count)
             self._limits_w = self.intent.limits_w(info.gpu_count, info.cap_min_w)
             self._session.resend()
 
@@ -314,7 +325,7 @@ class NodeController:
     def _link_up(self, info: BoardInfo) -> None:
         self._session = ControlSession(info, self._law)
         n = info.gpu_count
-        self._weights = self.intent.weights(n)
+        self._weights = self._allocation_weights(n)
         self._limits_w = self.intent.limits_w(n, info.cap_min_w)
         self._sensors.resize(n)
         self._fdir.new_session(n)

@@ -359,6 +359,8 @@ def parse_jobs(raw: Any, *, source: str = "<config>") -> tuple[Job, ...]:
         if command and claimed:
             raise ConfigError(f"{source}: {prefix}.gpus: GPU {claimed[0]} already belongs to another "
                               "process job", key=f"{prefix}.gpus", source=source)
+        if values.get("priority", 0) > 100:
+            raise ConfigError(f"{source}: {prefix}.priority must be 0 … 100", key=f"{prefix}.priority", source=source)
         for key in ("priority", "work", "checkpoint_bytes"):
             if key in values and values[key] < 0:
                 raise ConfigError(f"{source}: {prefix}.{key} must be >= 0", key=f"{prefix}.{key}", source=source)

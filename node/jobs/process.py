@@ -53,6 +53,9 @@ ENV_RESTORE_PROGRESS = "UMBRA_RESTORE_PROGRESS"
 ENV_CONTROL_FD = "UMBRA_CONTROL_FD"
 ENV_PROTOCOL = "UMBRA_PROTOCOL"
 _MAX_LINE = 4096
+#: More control lines than this in one second is a job out of control: it is killed (a
+#: crash for the runner), so a flood cannot take the node's event loop from the control law.
+MAX_LINES_PER_S = 1000
 
 log = logging.getLogger("umbra.node.jobs.process")
 
@@ -251,6 +254,7 @@ class ProcessJob:
         return returncode
 
     async def _read_lines(self, reader: asyncio.StreamReader) -> None:
+        window_at, lines = self._timer(), 0
         while True:
             try:
                 raw = await reader.readline()
@@ -258,6 +262,17 @@ class ProcessJob:
                 self._emit(ProcessEventKind.PROTOCOL_ERROR, detail="line too long")
                 continue
             if not raw:
+                return
+            now = self._timer()
+            if now - window_at >= 1.0:
+                window_at, lines = now, 0
+            lines += 1
+            if lines > MAX_LINES_PER_S:
+                self._log.warning("job %s: more than %d control lines in a second; killing it",
+                                  self._job.id, MAX_LINES_PER_S)
+                self._emit(ProcessEventKind.PROTOCOL_ERROR,
+                           detail=f"flooding the control pipe (> {MAX_LINES_PER_S} lines/s): killed")
+                self._signal(signal.SIGKILL)
                 return
             await self._handle(raw.decode(errors="replace").strip())
 
@@ -292,6 +307,9 @@ class ProcessJob:
     async def _commit(self, name: str, progress: float) -> None:
         try:
             path = self._staged_path(name)
+            if path.is_file() and path.stat().st_size == 0:
+                raise CheckpointError(f"job {self._job.id}: staged checkpoint {name!r} is empty",
+                                      job_id=self._job.id)
             info = await self._store.adopt(self._job.id, path, progress=progress)
         except (ValueError, CheckpointError, OSError) as exc:
             self._log.warning("job %s: checkpoint %r not committed: %s", self._job.id, name, exc)
