@@ -464,3 +464,33 @@ async def test_a_job_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_p
             await events.wait("job_stopped", timeout=10)
             assert 0.9 <= time.monotonic() - started < 5.0
     assert not _alive(pid)
+
+
+@pytest.mark.timeout(180)
+async def test_a_jax_training_loop_killed_twice_ends_with_the_same_parameters(tmp_path: Path) -> None:
+    """node/jobs/train_jax.py on CPU (jax from PyPI, installed by `make test`)."""
+    steps = 6000
+    command = (sys.executable, "-m", "node.jobs.train_jax", "--steps", str(steps))
+    alone = subprocess.run([*command], capture_output=True, text=True, check=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("UMBRA_")}).stdout
+    out = tmp_path / "under-umbra.txt"
+    job = Job(id="jax", gpus=(0,), command=(*command, "--output", str(out)), max_crashes=20)
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt", keep=2) as store:
+        async with runner(tmp_path, [job], events, store) as r:
+            for n in range(2):
+                await events.wait("job_started", n + 1)
+                # After jax's start-up (about 1.5 s here): some steps done and checkpointed.
+                await _until_progress(r, "jax", min_progress=1 + n * 1500, timeout=60)
+                os.kill(r.telemetry()["jax"]["pid"], signal.SIGKILL)
+            await events.wait("job_finished", timeout=150)
+    resumed = [d["resumed_from"] for k, d in events.seen if k == "job_started"]
+    assert all(resumed[1:]), resumed
+    assert out.read_text() == alone
+
+
+async def _until_progress(r: ProcessJobRunner, job_id: str, *, min_progress: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (r.telemetry()[job_id]["checkpoint_seq"] and r.telemetry()[job_id]["progress"] >= min_progress):
+        assert time.monotonic() < deadline, r.telemetry()
+        await asyncio.sleep(0.05)
