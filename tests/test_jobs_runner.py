@@ -471,8 +471,9 @@ async def test_a_jax_training_loop_killed_twice_ends_with_the_same_parameters(tm
     """node/jobs/train_jax.py on CPU (jax from PyPI, installed by `make test`)."""
     steps = 6000
     command = (sys.executable, "-m", "node.jobs.train_jax", "--steps", str(steps))
-    alone = subprocess.run([*command], capture_output=True, text=True, check=True, timeout=120,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("UMBRA_")}).stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UMBRA_")}
+    alone = await asyncio.to_thread(lambda: subprocess.run(
+        [*command], capture_output=True, text=True, check=True, timeout=120, env=env).stdout)
     out = tmp_path / "under-umbra.txt"
     job = Job(id="jax", gpus=(0,), command=(*command, "--output", str(out)), max_crashes=20)
     events = Events()

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.progress(step)
         if ckpt.due:  # a safe point: between two steps
             buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(params[k]) for k in PARAMS}, step=np.array(step),
-                     key=np.asarray(key))
+            arrays: dict[str, Any] = {k: np.asarray(params[k]) for k in PARAMS}
+            np.savez(buf, step=np.array(step), key=np.asarray(key), **arrays)
             ckpt.save(buf.getvalue(), progress=step)
             if ckpt.stopping:
                 return 0
