@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -346,6 +347,25 @@ class Progress:
             self._draw()
 
 
+#: What a run leaves in its directory; a directory holding these is a previous run's.
+RUN_DIR_MARKS = ("record.json", "node-data", "logs", "mosquitto")
+
+
+class RunDirInUse(Exception):
+    """The run directory holds files the harness did not make."""
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Start every run from a clean directory: a previous run's is removed (its node data
+    would otherwise carry the old telemetry numbering, outbox and events into the new run);
+    a directory with anything else in it is refused rather than emptied."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not any((run_dir / mark).exists() for mark in RUN_DIR_MARKS):
+        raise RunDirInUse(f"{run_dir} holds files not made by umbra-hil; choose another --report directory")
+    shutil.rmtree(run_dir)
+
+
 async def run_scenario(
     scenario: Scenario,
     bench: BenchSpec,
@@ -366,6 +386,11 @@ async def run_scenario(
                        persistent_broker="persistent-broker" in scenario.needs or "broker.stop" in scenario.actions(),
                        tc_keys="keys" in scenario.needs or "commands.storm" in scenario.actions())
     wall0 = time.monotonic()
+    try:
+        prepare_run_dir(run_dir)
+    except RunDirInUse as exc:
+        result.error = str(exc)
+        return result
     run = BenchRun(bench, params, run_dir)
     t_reset = [0.0]
     try:
