@@ -257,12 +257,21 @@ class Archive:
 
     def dead_letter(self, *, node: str, topic: str, reason: str, detail: str, payload: str,
                     received: float | None = None) -> None:
-        """Keep something that was refused, with why; the newest DEAD_LETTER_LIMIT stay."""
+        """Keep one thing that was refused, with why (see :meth:`dead_letters_store`)."""
+        self.dead_letters_store([(node, topic, reason, detail, payload)], received=received)
+
+    def dead_letters_store(self, letters: Sequence[tuple[str, str, str, str, str]], *,
+                           received: float | None = None) -> None:
+        """Keep (node, topic, reason, detail, payload) rows in one transaction; the newest
+        DEAD_LETTER_LIMIT stay (pruned once per call, so a flood costs one pass a batch)."""
+        if not letters:
+            return
         received = time.time() if received is None else received
         with self._tx():
-            self._exec("INSERT INTO dead_letters (received, node, topic, reason, detail, payload)"
-                       " VALUES (?, ?, ?, ?, ?, ?)",
-                       (received, node[:64], topic[:200], reason[:64], detail[:1000], payload[:4000]))
+            for node, topic, reason, detail, payload in letters:
+                self._exec("INSERT INTO dead_letters (received, node, topic, reason, detail, payload)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           (received, node[:64], topic[:200], reason[:64], detail[:1000], payload[:4000]))
             self._exec("DELETE FROM dead_letters WHERE received < (SELECT MIN(received) FROM"
                        " (SELECT received FROM dead_letters ORDER BY received DESC LIMIT ?) AS newest)",
                        (DEAD_LETTER_LIMIT,))

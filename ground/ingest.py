@@ -239,19 +239,18 @@ class Ingestor:
     async def _store(self, items: list[Storable | DeadLetter]) -> None:
         letters = [i for i in items if isinstance(i, DeadLetter)]
         batch = [i for i in items if not isinstance(i, DeadLetter)]
-        for letter in letters:
-            await self._dead_letter(letter)
+        if letters:
+            await self._dead_letter(*letters)
         if batch:
             result = await self._store_or_split(batch)
             self._count(result)
 
-    async def _dead_letter(self, letter: DeadLetter) -> None:
+    async def _dead_letter(self, *letters: DeadLetter) -> None:
+        rows = [(d.node, d.topic, d.reason, d.detail, d.payload) for d in letters]
         while True:
             try:
-                await asyncio.to_thread(
-                    self.archive.dead_letter, node=letter.node, topic=letter.topic,
-                    reason=letter.reason, detail=letter.detail, payload=letter.payload)
-                self.stats.dead_letters += 1
+                await asyncio.to_thread(self.archive.dead_letters_store, rows)
+                self.stats.dead_letters += len(rows)
                 return
             except Exception as exc:  # the database is down: wait for it, as for packets
                 await self._archive_down(exc)

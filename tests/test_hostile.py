@@ -476,6 +476,16 @@ fetch("{console}/api/node/node-1/commands", {{method: "POST", mode: "no-cors",
 </script></body></html>"""
 
 
+def _console_process(mosquitto: Mosquitto, tmp_path: Path, archive: Path, *extra: str) -> tuple[ManagedProcess, str]:
+    """`umbra-ground -v serve` on a free loopback port (not started yet) and its URL."""
+    port = free_port()
+    serve = ManagedProcess(
+        [sys.executable, "-m", "ground.cli", "-v", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+         "--http", f"127.0.0.1:{port}", "--archive", str(archive), *extra],
+        name="serve", log_dir=tmp_path / "logs")
+    return serve, f"http://127.0.0.1:{port}"
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_2_a_page_on_another_port_cannot_command_as_the_operator(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -485,12 +495,7 @@ def test_2_a_page_on_another_port_cannot_command_as_the_operator(mosquitto: Mosq
 
     key_file = tmp_path / "tc-keys.json"
     signing.write_keys(key_file, {"node-1": signing.new_key()})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve = ManagedProcess(
-        [sys.executable, "-m", "ground.cli", "-v", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
-         "--http", f"127.0.0.1:{port}", "--archive", str(tmp_path / "archive.sqlite"),
-         "--key-file", str(key_file)], name="serve", log_dir=tmp_path / "logs")
+    serve, url = _console_process(mosquitto, tmp_path, tmp_path / "archive.sqlite", "--key-file", str(key_file))
     page_html = ATTACK.format(console=url).encode()
 
     class Evil(http.server.BaseHTTPRequestHandler):
@@ -590,12 +595,7 @@ def test_guard_script_in_event_texts_data_and_arguments_stays_text(mosquitto: Mo
         ])
         archive.record_command(Telecommand(node_id="node-1", id="c1", counter=1, name="get_param",
                                            args={"name": XSS}, expires=9e9), XSS)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve = ManagedProcess(
-        [sys.executable, "-m", "ground.cli", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
-         "--http", f"127.0.0.1:{port}", "--archive", str(archive_path)],
-        name="serve", log_dir=tmp_path / "logs")
+    serve, url = _console_process(mosquitto, tmp_path, archive_path)
     try:
         serve.start()
         serve.wait_for_line(r"console on http://", 30)

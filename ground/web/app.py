@@ -234,25 +234,24 @@ class Console:
         if request.path in ("/login",) or request.path.startswith("/static/"):
             resp: web.StreamResponse = await handler(request)
             return resp
-        token = request.cookies.get(COOKIE)
-        user = self.sessions.user(token)
-        if user is None:
+        session = self.sessions.lookup(request.cookies.get(COOKIE))
+        if session is None:
             if request.path.startswith("/api/"):
                 return _json({"error": "log in first"}, 401)
             raise web.HTTPFound("/login")
+        user, csrf = session
         if request.method == "POST":
-            csrf = self.sessions.csrf(token)
             sent = request.headers.get(CSRF_HEADER)
             if not sent and request.content_type == "application/x-www-form-urlencoded":
                 sent = str((await request.post()).get(CSRF_FIELD, ""))
-            if not csrf or not sent or not secrets.compare_digest(csrf, sent):
+            if not sent or not secrets.compare_digest(csrf, sent):
                 log.warning("refused %s %s from %s: missing or wrong CSRF token", request.method,
                             request.path, user.name)
                 return _json({"error": "missing or wrong CSRF token (reload the page)"}, 403)
             if request.path.startswith("/api/") and request.content_type != "application/json":
                 return _json({"error": "send application/json"}, 415)
         request[USER] = user
-        request[CSRF] = self.sessions.csrf(token) or ""
+        request[CSRF] = csrf
         resp = await handler(request)
         return resp
 

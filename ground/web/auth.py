@@ -213,26 +213,27 @@ class Sessions:
             del self._tokens[t]
         return len(dead)
 
-    def user(self, token: str | None) -> User | None:
+    def lookup(self, token: str | None) -> tuple[User, str] | None:
+        """The user and the CSRF token of a live session (None: no such session)."""
         if time.time() - self._pruned_at > 60.0:
             self.prune()
-        if not token:
-            return None
-        entry = self._tokens.get(token)
+        entry = self._tokens.get(token) if token else None
         if entry is None:
             return None
-        name, expires, _ = entry
+        name, expires, csrf = entry
         if time.time() > expires or name not in self.users:
-            self._tokens.pop(token, None)
+            self._tokens.pop(token or "", None)
             return None
-        return self.users[name]
+        return self.users[name], csrf
+
+    def user(self, token: str | None) -> User | None:
+        found = self.lookup(token)
+        return found[0] if found else None
 
     def csrf(self, token: str | None) -> str | None:
         """The CSRF token of a live session (None: no such session)."""
-        if self.user(token) is None:
-            return None
-        assert token is not None
-        return self._tokens[token][2]
+        found = self.lookup(token)
+        return found[1] if found else None
 
     def __len__(self) -> int:
         return len(self._tokens)

@@ -631,7 +631,6 @@ class CommandProcessor:
         self._report("", 0, "", Stage.FAILED, code=worst, at=FailedAt.ACCEPTANCE, text=text,
                      data={"held": total, **{f"n_{k}": v for k, v in by_reason.items()}})
         self._event("tc_rejected_summary", Severity.WARNING, text, held=total, **by_reason)
-        self._window_reported = 0
 
     def _reject(self, tc: Telecommand | None, code: Reason, text: str, *, record: bool) -> None:
         self.counters["rejected"] += 1

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import signal
 import struct
 import sys
 from pathlib import Path
-from types import FrameType
+
+from node.jobs.jobkit import Checkpointer, write_result
 
 MAGIC = b"UMBRAEX1"
 _HEAD = struct.Struct("<8sQQQ32s32s")
@@ -60,46 +59,6 @@ def decode_state(data: bytes, *, steps: int, work: int, seed: str) -> tuple[int,
     return step, digest
 
 
-class _Control:
-    """The job's side of the protocol: the control fd and the signal flags."""
-
-    def __init__(self) -> None:
-        fd = os.environ.get("UMBRA_CONTROL_FD", "")
-        self.fd = int(fd) if fd else None
-        staging = os.environ.get("UMBRA_CHECKPOINT_DIR", "")
-        self.staging = Path(staging) if staging else None
-        self.checkpoint_asked = False
-        self.stop_asked = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGUSR1, self._on_usr1)
-        signal.signal(signal.SIGTERM, self._on_term)
-
-    def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
-        self.checkpoint_asked = True
-
-    def _on_term(self, signum: int, frame: FrameType | None) -> None:
-        self.stop_asked = True
-
-    def say(self, line: str) -> None:
-        if self.fd is not None:
-            os.write(self.fd, (line + "\n").encode())  # < PIPE_BUF: one atomic write
-
-    def checkpoint(self, state: bytes, step: int) -> None:
-        if self.staging is None:
-            return
-        name = f"state-{step:012d}.ckpt"
-        part = self.staging / f".part-{name}"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, state)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(part, self.staging / name)
-        self.say(f"CHECKPOINT {name} {step}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.jobs.example_job", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -109,33 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress-every", type=int, default=25)
     args = parser.parse_args(argv)
 
-    control = _Control()
-    control.install()
+    ckpt = Checkpointer(progress_every_s=0.0)  # PROGRESS every --progress-every steps instead
     step, digest = 0, seed_hash(args.seed)
-    restore = os.environ.get("UMBRA_RESTORE_FROM", "")
-    if restore:  # read before READY: the node may prune the file later
-        step, digest = decode_state(Path(restore).read_bytes(), steps=args.steps, work=args.work, seed=args.seed)
-    control.say("READY")
+    saved = ckpt.restore()  # read before READY: the node may prune the file later
+    if saved is not None:
+        step, digest = decode_state(saved, steps=args.steps, work=args.work, seed=args.seed)
+    ckpt.ready()
 
     while step < args.steps:
         digest = advance(digest, args.work)
         step += 1
         if step % args.progress_every == 0:
-            control.say(f"PROGRESS {step}")
-        if control.stop_asked:
-            control.checkpoint(encode_state(step, args.steps, args.work, args.seed, digest), step)
-            return 0
-        if control.checkpoint_asked:
-            control.checkpoint_asked = False
-            control.checkpoint(encode_state(step, args.steps, args.work, args.seed, digest), step)
+            ckpt.progress(step)
+        if ckpt.due:
+            ckpt.save(encode_state(step, args.steps, args.work, args.seed, digest), progress=step)
+            if ckpt.stopping:
+                return 0
 
-    answer = digest.hex()
-    if args.output is not None:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(answer + "\n")
-        os.replace(tmp, args.output)
-    print(answer, flush=True)
-    control.say(f"DONE {step}")
+    write_result(args.output, digest.hex())
+    ckpt.done(step)
     return 0
 
 

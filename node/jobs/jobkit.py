@@ -116,3 +116,13 @@ class Checkpointer:
 
     def done(self, progress: float) -> None:
         self._say(f"DONE {float(progress)!r}")
+
+
+def write_result(path: Path | None, text: str) -> None:
+    """Print a job's answer and, when ``path`` is given, write it there atomically too
+    (a run killed while writing leaves the previous file, never half of this one)."""
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    print(text, flush=True)

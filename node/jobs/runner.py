@@ -294,9 +294,10 @@ class ProcessJobRunner:
     # -- supervision ---------------------------------------------------------------------
 
     def _event(self, kind: str, severity: int, text: str, **data: Any) -> None:
-        (log.warning if severity >= 2 else log.info)("%s", text)
         if self._on_event is not None:
-            self._on_event(kind, severity, text, data)
+            self._on_event(kind, severity, text, data)  # the node's event log logs it too
+        else:
+            (log.warning if severity >= 2 else log.info)("%s", text)
 
     def _on_process_event(self, event: ProcessEvent) -> None:
         if event.kind is ProcessEventKind.CHECKPOINTED and event.cost_s is not None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from node.jobs.jobkit import Checkpointer
+from node.jobs.jobkit import Checkpointer, write_result
 
 PARAMS = ("w1", "b1", "w2", "b2")
 
@@ -84,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in PARAMS:
         digest.update(np.ascontiguousarray(np.asarray(params[k])).tobytes())
     answer = f"{digest.hexdigest()} {loss!r}"
-    if args.output is not None:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(answer + "\n")
-        os.replace(tmp, args.output)
-    print(answer, flush=True)
+    write_result(args.output, answer)
     ckpt.done(step)
     return 0
 

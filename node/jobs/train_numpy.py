@@ -16,13 +16,12 @@ import argparse
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from node.jobs.jobkit import Checkpointer
+from node.jobs.jobkit import Checkpointer, write_result
 
 PARAMS = ("w1", "b1", "w2", "b2")
 
@@ -113,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             if ckpt.stopping:
                 return 0
     answer = f"{fingerprint(state)} {loss!r}"
-    if args.output is not None:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(answer + "\n")
-        os.replace(tmp, args.output)
-    print(answer, flush=True)
+    write_result(args.output, answer)
     ckpt.done(state.step)
     return 0
 
