@@ -220,6 +220,43 @@ class RunParams:
     plant: tuple[tuple[str, float], ...] = ()
     persistent_broker: bool = False
     tc_keys: bool = False
+    #: The scenario's process jobs (the node's ``[[jobs]]`` tables).
+    jobs: tuple[dict[str, Any], ...] = ()
+    #: Process jobs' checkpoint intervals on the board clock (a board paced faster than wall time).
+    board_clock: bool = False
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (the shapes a node config holds: scalars, arrays, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + "".join(c if " " <= c != "\x7f" else f"\\u{ord(c):04x}" for c in escaped) + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def toml_dumps(config: dict[str, Any]) -> str:
+    """A node config as TOML: top-level tables, and arrays of tables (``[[jobs]]``)."""
+    out = []
+    for name, body in config.items():
+        if isinstance(body, dict):
+            out.append(f"[{name}]")
+            out += [f"{toml_value(str(k))} = {toml_value(v)}" for k, v in body.items()]
+        elif isinstance(body, list) and all(isinstance(t, dict) for t in body):
+            for table in body:
+                out.append(f"[[{name}]]")
+                out += [f"{toml_value(str(k))} = {toml_value(v)}" for k, v in table.items()]
+        else:
+            raise TypeError(f"{name}: only tables and arrays of tables at the top level")
+        out.append("")
+    return "\n".join(out)
 
 
 class BenchRun:
@@ -318,16 +355,45 @@ class BenchRun:
         if not self.spec.node.start:
             return
         if self.node is None:
-            if self.spec.broker.username:  # credentials go in the node's config, not argv
-                cfg = self.workdir / "node-mqtt.toml"
-                cfg.write_text(f'[mqtt]\nusername = "{self.spec.broker.username}"\n'
-                               f'password = "{self.spec.broker.password}"\n')
+            overlay = self.node_config_overlay()
+            if overlay:  # credentials and jobs go in the node's config, not argv
+                cfg = self.workdir / "node.toml"
+                cfg.write_text(toml_dumps(self.merged_node_config(overlay)))
+                cfg.chmod(0o600)
                 self.spec = replace(self.spec, node=replace(self.spec.node, config=str(cfg)))
             self.node = ManagedProcess(self.node_argv(), name="node", log_dir=self.log_dir)
         since = self.node.mark()
         self.node.start()
         self.node_starts += 1
         await self.node.wait_for_line_async(NODE_READY, 90, since=since)
+
+    def node_config_overlay(self) -> dict[str, Any]:
+        """What this run adds to the bench's node config: broker credentials, process jobs."""
+        overlay: dict[str, Any] = {}
+        if self.spec.broker.username:
+            overlay["mqtt"] = {"username": self.spec.broker.username, "password": self.spec.broker.password}
+        if self.params.jobs:
+            overlay["jobs"] = [dict(j) for j in self.params.jobs]
+            if self.params.board_clock:
+                overlay["checkpoints"] = {"clock": "board"}
+        return overlay
+
+    def merged_node_config(self, overlay: dict[str, Any]) -> dict[str, Any]:
+        """The bench's node config file with ``overlay`` on top (tables merged key by key,
+        jobs appended)."""
+        base: dict[str, Any] = {}
+        if self.spec.node.config:
+            try:
+                with open(self.spec.node.config, "rb") as f:
+                    base = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"node.config = {self.spec.node.config}: {exc}", key="node.config") from None
+        for name, body in overlay.items():
+            if isinstance(body, list):
+                base[name] = [*base.get(name, []), *body]
+            else:
+                base[name] = {**base.get(name, {}), **body}
+        return base
 
     async def kill_node(self) -> None:
         if self.node is not None:

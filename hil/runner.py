@@ -144,6 +144,8 @@ class Collector:
         self._task: asyncio.Task[None] | None = None
         self.last_hk: Housekeeping | None = None
         self.max_loss_vs_interval = 0.0
+        self.job_faults = 0
+        self.max_job_loss_vs_interval = float("nan")
 
     async def __aenter__(self) -> Collector:
         self._task = asyncio.create_task(self._run(), name="umbra.hil.collect")
@@ -209,8 +211,29 @@ class Collector:
                 jobs = self.last_hk.jobs if self.last_hk is not None else {}
                 at_risk = float(jobs.get("interval_s") or 1800.0) + float(jobs.get("cost_s") or 0.0)
                 self.max_loss_vs_interval = max(self.max_loss_vs_interval, float(p.data["lost"]) / at_risk)
+            if p.kind == "job_gpu_fault":
+                self._job_fault(p.data)
         elif isinstance(p, TcReport):
             self.reports.append(p)
+
+    def _job_fault(self, data: dict[str, Any]) -> None:
+        """A process job restarted for its GPU's fault: the work it lost against the interval
+        in force plus the checkpoint's cost (the node's own figures, on its interval clock)."""
+        self.job_faults += 1
+        try:
+            ratio = float(data["lost_s"]) / (float(data["interval_s"]) + float(data["cost_s"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return
+        if not math.isnan(ratio):
+            self.max_job_loss_vs_interval = (ratio if math.isnan(self.max_job_loss_vs_interval)
+                                             else max(self.max_job_loss_vs_interval, ratio))
+
+    def job_progress(self) -> float:
+        """The process jobs' progress in the newest housekeeping, summed (NaN: none reported)."""
+        jobs = self.last_hk.jobs.get("process") if self.last_hk is not None else None
+        if not isinstance(jobs, dict) or not jobs:
+            return float("nan")
+        return float(sum(float(j.get("progress", 0.0)) for j in jobs.values() if isinstance(j, dict)))
 
     def missing(self, first: int = 1) -> list[int]:
         if not self.seqs:
@@ -384,7 +407,8 @@ async def run_scenario(
     params = RunParams(policy=policy, orbit=scenario.orbit, gpus=scenario.gpus, rate_hz=scenario.rate_hz,
                        seed=result.seed, plant=scenario.plant,
                        persistent_broker="persistent-broker" in scenario.needs or "broker.stop" in scenario.actions(),
-                       tc_keys="keys" in scenario.needs or "commands.storm" in scenario.actions())
+                       tc_keys="keys" in scenario.needs or "commands.storm" in scenario.actions(),
+                       jobs=scenario.jobs, board_clock=scenario.jobs != () and scenario.speed is not None)
     wall0 = time.monotonic()
     try:
         prepare_run_dir(run_dir)
@@ -398,7 +422,11 @@ async def run_scenario(
             progress(0.0, "starting")
             await stack.enter_async_context(run)
             hil = await stack.enter_async_context(HilClient(port=run.hil_port, timeout=2.0))
-            await hil.set("time.lockstep", 1.0 if bench.time.lockstep else 0.0)
+            if scenario.speed is not None:  # process jobs run in wall time: pace the board
+                await hil.set("time.lockstep", 0.0)
+                await hil.set("time.speed", scenario.speed)
+            else:
+                await hil.set("time.lockstep", 1.0 if bench.time.lockstep else 0.0)
             for name, value in scenario.initial:
                 await hil.set(name, value)
             collector = await stack.enter_async_context(
@@ -584,6 +612,12 @@ def compute_metrics(result: RunResult, final: dict[str, Any], collector: Collect
     m["safe_fraction"] = _safe_fraction(result)
     m["node_alive"] = 1.0 if run.node is not None and run.node.running else 0.0
     m["node_starts"] = float(run.node_starts)
+    if result.scenario.jobs:
+        m["job_progress"] = collector.job_progress()
+        m["job_faults"] = float(collector.job_faults)
+        # No fault, no loss: 0 rather than unmeasurable (job_faults says whether any happened).
+        loss = collector.max_job_loss_vs_interval
+        m["job_loss_vs_interval"] = 0.0 if collector.job_faults == 0 and math.isnan(loss) else loss
     return m
 
 
@@ -602,6 +636,11 @@ def judge(result: RunResult, baseline: RunResult | None = None) -> None:
     """Judge every measurement; compare-only ones need ``baseline``."""
     if baseline is not None and baseline.metrics.get("work_useful", 0) > 0 and "work_useful" in result.metrics:
         result.metrics["work_vs_baseline"] = result.metrics["work_useful"] / baseline.metrics["work_useful"]
+    if baseline is not None and "job_progress" in result.metrics and "job_progress" in baseline.metrics:
+        ours, theirs = result.metrics["job_progress"], baseline.metrics["job_progress"]
+        # The baseline may end having just lost everything: any progress of ours beats none.
+        result.metrics["job_progress_vs_baseline"] = (ours / theirs if theirs > 0
+                                                      else math.inf if ours > 0 else math.nan)
     outcomes = []
     for meas in result.scenario.measures:
         value = result.metrics.get(meas.metric)

@@ -29,12 +29,26 @@ A scenario file (``hil/scenarios/<name>.toml``) looks like::
     why = "slowdown (89 °C) minus a 2 K margin"
     compare = false                 # true: judged only with --compare baseline
 
+Process jobs (real programs the node runs, docs/jobs.md) need real time, so a scenario with
+``[[jobs]]`` paces the board instead of lockstep::
+
+    speed = 20                      # board seconds per wall second (no lockstep)
+
+    [[jobs]]                        # the node's [[jobs]] (docs/jobs.md); {python} is the
+    id = "train0"                   # interpreter the bench runs the node with
+    gpus = [0]
+    command = ["{python}", "-m", "node.jobs.train_numpy", "--steps", "100000000"]
+
+Their checkpoint intervals then run on the board clock (``checkpoints.clock = "board"``),
+so a fault rate per board second means the same to a process job as to a simulated one.
+
 Everything is validated when loaded; errors name the file and the key.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +57,7 @@ from typing import Any
 
 from firmware_sim.config import ORBITS
 from node.errors import ConfigError
+from node.jobs.model import parse_jobs
 
 #: Metrics a measurement may judge, with their unit and meaning (computed in hil/runner.py).
 METRICS: dict[str, tuple[str, str]] = {
@@ -70,6 +85,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "loss_vs_interval": ("1", "largest single loss (node's work_lost event) over the checkpoint interval "
                               "in force then plus the checkpoint's own time (1 unit = 1 s of full-power work)"),
     "board_time_s": ("s", "board time covered by the run (truth.t_s)"),
+    "job_progress": ("units", "process jobs' progress kept at the end, summed (their own units, "
+                              "from the node's housekeeping)"),
+    "job_progress_vs_baseline": ("1", "job_progress of this policy / job_progress of baseline (--compare)"),
+    "job_faults": ("count", "process jobs restarted for their GPU's fault (job_gpu_fault events)"),
+    "job_loss_vs_interval": ("1", "largest work a process job lost to one fault (board s since the "
+                                  "state its newest checkpoint holds) over the interval in force "
+                                  "plus the checkpoint cost"),
 }
 
 #: Harness actions a timeline entry may take (besides HIL sets).
@@ -155,6 +177,10 @@ class Scenario:
     timeline: tuple[Injection, ...] = ()
     measures: tuple[Measurement, ...] = ()
     needs: tuple[str, ...] = ()  # parts the run must start: "ground", "keys"
+    #: Board seconds per wall second without lockstep (None: the bench's time settings).
+    speed: float | None = None
+    #: The node's ``[[jobs]]`` tables, ``{python}`` already replaced.
+    jobs: tuple[dict[str, Any], ...] = ()
     source: str = ""
 
     def duration_s(self, period_s: float, *, quick: bool = False) -> float:
@@ -196,7 +222,23 @@ def _sets(source: str, key: str, table: Any) -> tuple[tuple[str, float | tuple[f
 
 
 _TOP = {"title", "description", "orbit", "orbits", "seconds", "quick_orbits", "quick_seconds", "gpus",
-        "rate_hz", "seed", "plant", "initial", "at", "measure", "needs"}
+        "rate_hz", "seed", "plant", "initial", "at", "measure", "needs", "speed", "jobs"}
+
+
+def _jobs(source: str, raw: Any) -> tuple[dict[str, Any], ...]:
+    """The scenario's ``[[jobs]]``, with ``{python}`` replaced, checked as the node will."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise config_error(source, "jobs", "expected an array of tables ([[jobs]])")
+    tables = []
+    for table in raw:
+        table = dict(table)
+        if isinstance(table.get("command"), list):
+            table["command"] = [sys.executable if a == "{python}" else a for a in table["command"]]
+        tables.append(table)
+    jobs = parse_jobs(tables, source=source)  # its errors name the file and the key
+    if not all(j.is_process for j in jobs):
+        raise config_error(source, "jobs", "every scenario job needs a command (the board's own jobs run anyway)")
+    return tuple(tables)
 
 
 def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenario:
@@ -251,6 +293,11 @@ def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenari
         if n not in ("ground", "keys", "persistent-broker"):
             raise config_error(source, "needs", f"{n!r} is not ground, keys or persistent-broker")
     plant = tuple((str(k), _num(source, f"plant.{k}", v)) for k, v in data.get("plant", {}).items())
+    jobs = _jobs(source, data["jobs"]) if "jobs" in data else ()
+    speed = _num(source, "speed", data["speed"], 0.01, 1e4) if "speed" in data else None
+    if jobs and speed is None:
+        raise config_error(source, "speed", "a scenario with process jobs must pace the board (speed = …): "
+                                            "its jobs run in wall time, lockstep would stall them")
     return Scenario(
         name=name,
         title=str(data["title"]),
@@ -270,6 +317,8 @@ def parse_scenario(name: str, data: dict[str, Any], source: str = "") -> Scenari
         timeline=tuple(timeline),
         measures=tuple(measures),
         needs=needs,
+        speed=speed,
+        jobs=jobs,
         source=source,
     )
 

@@ -185,11 +185,14 @@ async def run(
             if jobs:
                 # Entered after the controller and left before it: jobs stop (with a final
                 # checkpoint) while the node can still report it.
+                interval_clock = controller.board_clock if config.checkpoints.clock == "board" else time.monotonic
                 controller.process_jobs = await stack.enter_async_context(ProcessJobRunner(
                     jobs, store=AsyncCheckpointStore(store, max_concurrent=config.checkpoints.max_concurrent),
                     staging_root=config.checkpoints.staging(Path(config.data_dir)),
                     run_dir=Path(config.data_dir) / "run",
-                    estimator=IntervalEstimator(config.checkpoints.policy, clock=time.monotonic),
+                    estimator=IntervalEstimator(config.checkpoints.policy, clock=interval_clock),
+                    policy=controller.policy.make_checkpoints(config.sim_jobs),
+                    clock=interval_clock,
                     on_event=lambda kind, severity, text, data: controller.events.emit(
                         kind, Severity(severity), text, **data),
                     stop_timeout_s=config.checkpoints.stop_timeout_s,

@@ -329,6 +329,9 @@ def test_new_xids_and_gpus_off_the_bus_are_faults_of_those_gpus() -> None:
     assert session.gpu_faults(dataclasses.replace(base, t_board=4.0, xid=(4, 1), gpu_ok=0b10)) == [
         (0, "fell off the bus")]
     assert session.gpu_faults(dataclasses.replace(base, t_board=5.0, xid=(4, 1), gpu_ok=0b10)) == []
+    # Off the bus because its rail was switched off (shed, cycled by FDIR): not a fault.
+    assert session.gpu_faults(dataclasses.replace(base, t_board=6.0, xid=(4, 1), gpu_ok=0b11, rails=0b11)) == []
+    assert session.gpu_faults(dataclasses.replace(base, t_board=7.0, xid=(4, 1), gpu_ok=0b01, rails=0b01)) == []
 
 
 class RecordingRunner:

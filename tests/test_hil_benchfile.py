@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hil.benchfile import default_bench, parse_bench
 from hil.report import summary_table, write_report
@@ -107,3 +109,70 @@ def test_broker_credentials_and_a_node_config_are_not_silently_split():
         parse_bench({"broker": {"kind": "external", "port": 1883, "username": "u", "password": "p"},
                      "node": {"config": "node.toml"}}, "b")
     assert err.value.key == "broker.username" and "[mqtt]" in str(err.value)
+
+
+# --- scenarios with process jobs ----------------------------------------------------------------
+
+JOB = {"id": "train0", "gpus": [0], "command": ["{python}", "-m", "node.jobs.train_numpy"]}
+
+
+def test_a_scenario_with_process_jobs_paces_the_board_and_names_its_python():
+    import sys
+
+    s = parse_scenario("s", {"title": "x", "orbits": 1, "speed": 20, "jobs": [JOB]})
+    assert s.speed == 20.0 and s.jobs[0]["command"][0] == sys.executable
+    assert JOB["command"][0] == "{python}", "the file's tables are not changed"
+    for name in ("upset-storm-jobs", "beta0-jobs"):
+        assert library()[name].jobs and library()[name].speed
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"title": "x", "orbits": 1, "jobs": [JOB]}, "speed"),  # lockstep would stall a process job
+    ({"title": "x", "orbits": 1, "speed": 20, "jobs": [{**JOB, "gpu": [0]}]}, "jobs[0].gpu"),
+    ({"title": "x", "orbits": 1, "speed": 20, "jobs": [{**JOB, "command": ["/no/such/trainer"]}]},
+     "jobs[0].command"),
+    ({"title": "x", "orbits": 1, "speed": 20, "jobs": [{"id": "sim", "gpus": [0]}]}, "jobs"),
+    ({"title": "x", "orbits": 1, "speed": 0, "jobs": [JOB]}, "speed"),
+    ({"title": "x", "orbits": 1, "speed": 20, "jobs": {"id": "x"}}, "jobs"),
+])
+def test_process_job_scenario_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_scenario("s", data)
+    assert err.value.key == key
+
+
+def test_the_runs_node_config_carries_the_jobs_on_the_board_clock(tmp_path):
+    import tomllib
+
+    from hil.benchfile import BenchRun, RunParams
+    from node.config import NodeConfig
+
+    s = library()["upset-storm-jobs"]
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[control]\nlimit_c = 86.0\n\n[[jobs]]\nid = "sim-a"\ngpus = [5]\n')
+    bench = parse_bench({"node": {"config": str(mine)}}, "b")
+    run = BenchRun(bench, RunParams(jobs=s.jobs, board_clock=True), tmp_path)
+    merged = run.merged_node_config(run.node_config_overlay())
+    from hil.benchfile import toml_dumps
+
+    path = tmp_path / "node.toml"
+    path.write_text(toml_dumps(merged))
+    assert tomllib.loads(path.read_text()) == merged
+    config = NodeConfig.from_toml(path)
+    assert config.control.limit_c == 86.0 and config.checkpoints.clock == "board"
+    assert [j.id for j in config.jobs] == ["sim-a", "train0", "train1"]
+
+
+@given(st.dictionaries(
+    st.sampled_from(["mqtt", "control", "checkpoints"]),
+    st.dictionaries(st.text(min_size=1, max_size=8),
+                    st.one_of(st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
+                              st.text(max_size=20), st.lists(st.integers(0, 63), max_size=4)),
+                    max_size=4),
+    max_size=3))
+def test_toml_dumps_round_trips(config):
+    import tomllib
+
+    from hil.benchfile import toml_dumps
+
+    assert tomllib.loads(toml_dumps(config)) == config

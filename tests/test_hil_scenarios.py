@@ -22,6 +22,10 @@ async def test_scenario_runs_and_is_judged(scenario, hil_run):
     unmeasured = [o.metric for o in result.outcomes if o.outcome == "error"]
     assert not unmeasured, f"no value for {unmeasured}"
     assert result.metrics["board_time_s"] >= 0.95 * result.duration_s
+    if result.scenario.jobs:  # real processes ran, were measured, and (the storm) were hit
+        assert result.metrics["job_progress"] > 0
+        if "seu_rate_hz" in str(result.scenario.timeline):
+            assert result.metrics["job_faults"] >= 1
     assert result.verdict == "pass", "\n".join(
         f"{o.metric} = {o.value} (limit min={o.min} max={o.max}): {o.why}" for o in result.failed())
 

@@ -495,3 +495,184 @@ async def _until_progress(r: ProcessJobRunner, job_id: str, *, min_progress: flo
     while not (r.telemetry()[job_id]["checkpoint_seq"] and r.telemetry()[job_id]["progress"] >= min_progress):
         assert time.monotonic() < deadline, r.telemetry()
         await asyncio.sleep(0.05)
+
+
+# --- a disk that fills mid-checkpoint -----------------------------------------------------------
+
+#: A job whose second checkpoint does not fit: 50 kB, then 2 MB, then 50 kB again.  It reports
+#: each ``save`` result on stdout.  argv[1]: a file-size limit for itself (0: none).
+DISK_JOB = """
+import resource, sys, time
+from node.jobs.jobkit import Checkpointer
+limit = int(sys.argv[1])
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: EFBIG
+sizes = [50_000, 2_000_000, 50_000, 50_000]
+ckpt = Checkpointer(progress_every_s=0.05)
+ckpt.restore()
+ckpt.ready()
+step = i = 0
+while True:
+    time.sleep(0.01)
+    step += 1
+    ckpt.progress(step)
+    if ckpt.due:
+        print("saved" if ckpt.save(bytes([65 + i]) * sizes[min(i, 3)], progress=step) else "refused", flush=True)
+        i += 1
+        if ckpt.stopping:
+            break
+"""
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` at ``path`` (a real disk that fills); False where not allowed."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+async def _fill_the_disk(root: Path, job: Job) -> None:
+    events = Events()
+    estimator = IntervalEstimator(PolicyConfig(min_interval_s=3600, max_interval_s=3600, prior_cost_s=0.01),
+                                  clock=time.monotonic)
+    with CheckpointStore(root / "ckpt", keep=3) as store:
+        async with ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=root / "staging",
+                                    run_dir=root / "run", estimator=estimator, on_event=events,
+                                    stop_timeout_s=5.0, log_dir=root / "logs") as r:
+            await events.wait("job_started")
+            await _until(lambda: r.telemetry()[job.id]["progress"] > 0)
+            pid = r.telemetry()[job.id]["pid"]
+            r.checkpoint(job.id)
+            await _until(lambda: r.telemetry()[job.id]["checkpoint_seq"] == 1)
+            r.checkpoint(job.id)  # 2 MB: the disk is full
+            await events.wait("job_checkpoint_failed")
+            assert r.telemetry()[job.id]["pid"] == pid, "the job runs on"
+            assert r.telemetry()[job.id]["state"] == "running"
+            first = store.restore(job.id)
+            assert first is not None and first.seq == 1, "the earlier checkpoint is intact"
+            assert first.data_path.read_bytes() == b"A" * 50_000
+            assert not [p for p in (root / "staging" / job.id).iterdir()], "no partial file left"
+            r.checkpoint(job.id)  # it fits again
+            await _until(lambda: r.telemetry()[job.id]["checkpoint_seq"] == 2)
+            newest = store.restore(job.id)
+            assert newest is not None and newest.data_path.read_bytes() == b"C" * 50_000
+            assert events.kinds().count("job_crashed") == 0
+    assert (root / "logs" / f"{job.id}.log").read_text().split()[:3] == ["saved", "refused", "saved"]
+
+
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_a_file_size_limit_mid_checkpoint_is_reported_and_loses_nothing(tmp_path: Path) -> None:
+    """The write fails with EFBIG (RLIMIT_FSIZE): the same path as a full disk, everywhere."""
+    job = Job(id="disk", gpus=(0,), command=(sys.executable, "-c", DISK_JOB, "1000000"))
+    await _fill_the_disk(tmp_path, job)
+
+
+async def test_a_full_disk_mid_checkpoint_is_reported_and_loses_nothing(tmp_path: Path) -> None:
+    """A real 1 MiB tmpfs holds the store and the staging directory: ENOSPC from the kernel."""
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("mounting a tmpfs needs root (the file-size-limit test covers the same path)")
+    try:
+        job = Job(id="disk", gpus=(0,), command=(sys.executable, "-c", DISK_JOB, "0"))
+        await _fill_the_disk(disk, job)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# --- the policy: per-job intervals, the first cost, the baseline's fixed interval ----------------
+
+#: Says READY, then reports each checkpoint request with a tiny checkpoint until stopped.
+IDLE_JOB = """
+import time
+from node.jobs.jobkit import Checkpointer
+ckpt = Checkpointer(progress_every_s=0.05)
+ckpt.restore()
+ckpt.ready()
+step = 0
+while True:
+    time.sleep(0.01)
+    step += 1
+    ckpt.progress(step)
+    if ckpt.due:
+        ckpt.save(b"x", progress=step)
+        if ckpt.stopping:
+            break
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_a_jobs_interval_scales_with_its_share_of_the_gpus_and_the_first_comes_early(tmp_path: Path) -> None:
+    from node.jobs.manager import DalyWithForesight
+
+    clock = Clock()
+    config = PolicyConfig(prior_cost_s=10.0, prior_mtbf_s=1000.0, min_interval_s=5.0, max_interval_s=1e6)
+    jobs = [Job(id="one", gpus=(0,), command=(sys.executable, "-c", IDLE_JOB)),
+            Job(id="four", gpus=(1, 2, 3, 4), command=(sys.executable, "-c", IDLE_JOB))]
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with ProcessJobRunner(jobs, store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
+                                    run_dir=tmp_path / "run", estimator=IntervalEstimator(config, clock=clock),
+                                    policy=DalyWithForesight(), on_event=events, clock=clock) as r:
+            await events.wait("job_started", 2)
+            r.gpu_count = 8
+            est = r.estimator
+            assert r.interval_s("one") == pytest.approx(est.interval_s(8.0))
+            assert r.interval_s("four") == pytest.approx(est.interval_s(2.0))
+            assert r.interval_s("one") > r.interval_s("four") > est.interval_s()
+            # No cost measured yet: the first checkpoint comes after min_interval_s, whatever Daly says.
+            assert r.telemetry()["one"]["interval_s"] == 5.0
+            await _until(lambda: r.telemetry()["one"]["progress"] > 0 and r.telemetry()["four"]["progress"] > 0)
+            clock.t = 5.0
+            r.tick()
+            await _until(lambda: r.telemetry()["one"]["checkpoint_seq"] == 1)
+            assert est.measured >= 1
+            assert r.telemetry()["one"]["interval_s"] == pytest.approx(r.interval_s("one"))
+            # A fault on a GPU no job uses still counts towards the node's fault rate.
+            before = est.mtbf_s
+            r.gpu_fault(7, "reported an Xid error")
+            assert est.mtbf_s < before
+            assert "job_gpu_fault" not in events.kinds()
+
+
+async def test_the_baseline_keeps_its_fixed_interval_and_foresees_nothing(tmp_path: Path) -> None:
+    from node.jobs.manager import FixedInterval
+
+    clock = Clock()
+    job = Job(id="base", gpus=(0,), command=(sys.executable, "-c", IDLE_JOB))
+    events = Events()
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
+                                    run_dir=tmp_path / "run", estimator=IntervalEstimator(clock=clock),
+                                    policy=FixedInterval(1800.0), on_event=events, clock=clock) as r:
+            await events.wait("job_started")
+            await _until(lambda: r.telemetry()["base"]["progress"] > 0)
+            assert r.interval_s("base") == 1800.0 and r.telemetry()["base"]["interval_s"] == 1800.0
+            r.checkpoint_all("eclipse ahead")  # foresight: not the baseline's
+            r.checkpoint_gpu(0, "heading for the thermal limit")
+            clock.t = 1799.0
+            r.tick()
+            await asyncio.sleep(0.5)
+            assert r.telemetry()["base"]["checkpoint_seq"] == 0
+            clock.t = 1800.0
+            r.tick()
+            await _until(lambda: r.telemetry()["base"]["checkpoint_seq"] == 1)
+            clock.t = 1850.0
+            r.gpu_fault(0, "reported an Xid error")
+            (fault,) = [d for k, d in events.seen if k == "job_gpu_fault"]
+            assert fault["lost_s"] == 50.0 and fault["interval_s"] == 1800.0

@@ -48,6 +48,7 @@ from node.bus.payloads import Housekeeping, Mode, Severity
 from node.config import NodeConfig
 from node.control.law import ControlParams, Law
 from node.control.params import load_params
+from node.controller.boardclock import BoardClock
 from node.controller.commands import GroundIntent, NodeCommands
 from node.controller.events import EventLog, Publisher
 from node.controller.fdir_binding import FdirBinding
@@ -92,6 +93,7 @@ class NodeController:
         #: The node's process jobs (``[[jobs]]`` with a command), attached once they run.
         self.process_jobs: ProcessJobRunner | None = None
         self._eclipse_armed = True
+        self._board_clock = BoardClock(clock)
         # Telemetry numbering; the CLI passes the outbox's, so numbers survive restarts.
         self._next_seq = next_seq or itertools.count(1).__next__
         self.policy = policy_named(config.policy)
@@ -158,6 +160,8 @@ class NodeController:
         """What this frame means for the process jobs: faults, and losses foreseen."""
         runner = self.process_jobs
         assert runner is not None
+        runner.gpu_count = session.info.gpu_count
+        runner.tick()  # an interval due on the board clock starts its checkpoint now
         for gpu, why in session.gpu_faults(sensor):  # a real job on that GPU would crash now
             runner.gpu_fault(gpu, why)
         cfg = self.config.sim_jobs
@@ -236,6 +240,11 @@ class NodeController:
         self._task_group.create_task(coro, name="umbra.node.jobs.store")
 
     # --- telemetry --------------------------------------------------------------------------
+
+    def board_clock(self) -> float:
+        """Board seconds since the node started (:class:`BoardClock`): the interval clock of
+        process jobs under ``checkpoints.clock = "board"``."""
+        return self._board_clock()
 
     def _t_board(self) -> float:
         s = self.last_sensor
@@ -372,6 +381,7 @@ class NodeController:
         started = time.perf_counter()
         info = session.info
         session.last = sensor
+        self._board_clock.frame(sensor.t_board)
         self._reconcile_rails(sensor, info)
         limits = np.minimum(self._limits_w, self._fdir.limits_w)
         result = self._law.step(sensor, limits_w=limits, weights=self._weights)

@@ -53,7 +53,8 @@ class ControlSession:
             faults += [(g, "reported an Xid error") for g, (now, before) in enumerate(zip(sensor.xid, self._xid, strict=True))
                        if now > before]
         if self._gpu_ok is not None:
-            dropped = self._gpu_ok & ~sensor.gpu_ok
+            # Off the bus with its rail on: a fault.  With its rail off (shed, cycled): not.
+            dropped = self._gpu_ok & ~sensor.gpu_ok & sensor.rails
             faults += [(g, "fell off the bus") for g in range(self.info.gpu_count) if dropped >> g & 1
                        and all(g != f for f, _ in faults)]
         self._xid, self._gpu_ok = tuple(sensor.xid), sensor.gpu_ok

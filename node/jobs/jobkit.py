@@ -95,24 +95,34 @@ class Checkpointer:
             self._progress_at = now
             self._say(f"PROGRESS {float(value)!r}")
 
-    def save(self, data: bytes, *, progress: float) -> None:
-        """Write ``data`` as a checkpoint and hand it to the node (a no-op without one)."""
+    def save(self, data: bytes, *, progress: float) -> bool:
+        """Write ``data`` as a checkpoint and hand it to the node (a no-op without one).
+
+        False when it could not be written (the disk is full, say): the partial file is
+        removed, the node is told (it raises an event; the earlier checkpoints are intact)
+        and the job runs on, to try again at the next request."""
         self._asked = False
         if self.staging is None:
-            return
+            return True
         self._saves += 1
         name = f"ckpt-{self._saves:08d}.bin"
         part = self.staging / f".part-{name}"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(part, self.staging / name)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, self.staging / name)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            self._say(f"SAVE_FAILED {exc.strerror or exc}"[:400])
+            return False
         self._say(f"CHECKPOINT {name} {float(progress)!r}")
+        return True
 
     def done(self, progress: float) -> None:
         self._say(f"DONE {float(progress)!r}")

@@ -79,15 +79,15 @@ class CheckpointPolicy(Protocol):
         """Takes requests and foresees losses (eclipse, thermal); without, only the interval counts."""
         ...
 
-    def interval_s(self, estimator: IntervalEstimator) -> float: ...
+    def interval_s(self, estimator: IntervalEstimator, mtbf_scale: float = 1.0) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
 class DalyWithForesight:
     foresees: bool = True
 
-    def interval_s(self, estimator: IntervalEstimator) -> float:
-        return estimator.interval_s()
+    def interval_s(self, estimator: IntervalEstimator, mtbf_scale: float = 1.0) -> float:
+        return estimator.interval_s(mtbf_scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class FixedInterval:
     every_s: float
     foresees: bool = False
 
-    def interval_s(self, estimator: IntervalEstimator) -> float:
+    def interval_s(self, estimator: IntervalEstimator, mtbf_scale: float = 1.0) -> float:
         return self.every_s
 
 

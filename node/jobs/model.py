@@ -210,9 +210,15 @@ class CheckpointConfig:
     bandwidth_bytes_per_s: float = 3e9
     stop_timeout_s: float = 30.0
     checkpoint_timeout_s: float = 120.0
+    #: The clock process jobs' checkpoint intervals run on: ``wall`` (the node's monotonic
+    #: clock), or ``board`` (the board's sensor time, which a HIL bench may run faster than
+    #: wall time; on a real board the two are the same).
+    clock: str = "wall"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
+        if self.clock not in ("wall", "board"):
+            raise ConfigError(f"checkpoints.clock = {self.clock!r}: use wall or board", key="checkpoints.clock")
         for key, lo, hi in (
             ("keep", 1, 1000),
             ("max_concurrent", 1, 64),
@@ -250,6 +256,8 @@ class CheckpointConfig:
             if key in ("dir", "staging_dir"):
                 text = _typed(value, str, where, source)
                 kwargs[key] = Path(text) if text else None
+            elif key == "clock":
+                kwargs[key] = _typed(value, str, where, source)
             elif key in own:
                 kwargs[key] = _typed(value, own[key], where, source)
             elif key in policy_keys:

@@ -162,9 +162,17 @@ class IntervalEstimator:
         w = self.config.prior_weight
         return (w * self.config.prior_mtbf_s + self.exposure_s) / (w + self._faults)
 
-    def interval_s(self) -> float:
-        """Daly's interval for the current estimates, within [min_interval_s, max_interval_s]."""
-        tau = daly_interval(self._cost_s, self.mtbf_s)
+    @property
+    def measured(self) -> int:
+        """How many checkpoint costs have been measured (0: the cost is still the prior)."""
+        return self._measured
+
+    def interval_s(self, mtbf_scale: float = 1.0) -> float:
+        """Daly's interval for the current estimates, within [min_interval_s, max_interval_s].
+
+        ``mtbf_scale`` turns the estimated MTBF into that of a part of what was observed: a
+        job on k of a node's n GPUs, faults observed on all n, sees n/k times the node's MTBF."""
+        tau = daly_interval(self._cost_s, self.mtbf_s * mtbf_scale)
         return min(self.config.max_interval_s, max(self.config.min_interval_s, tau))
 
     def due(self, last_checkpoint_at: float) -> bool:

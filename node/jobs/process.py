@@ -288,6 +288,8 @@ class ProcessJob:
             elif word == "CHECKPOINT":
                 name, _, progress = rest.rpartition(" ")
                 await self._commit(name, float(progress))
+            elif word == "SAVE_FAILED":  # the job could not write its checkpoint (a full disk)
+                self._checkpoint_failed(f"the job could not save: {rest[:200] or 'no reason given'}")
             elif word == "DONE":
                 self._done = True
                 if rest:
@@ -313,10 +315,7 @@ class ProcessJob:
             info = await self._store.adopt(self._job.id, path, progress=progress)
         except (ValueError, CheckpointError, OSError) as exc:
             self._log.warning("job %s: checkpoint %r not committed: %s", self._job.id, name, exc)
-            if self._job.state is JobState.CHECKPOINTING and not self._stopping:
-                self._fire(JobEvent.CHECKPOINTED, "checkpoint failed")
-            self._emit(ProcessEventKind.CHECKPOINT_FAILED, detail=str(exc))
-            self._fail_waiters(JobProtocolError(f"job {self._job.id}: checkpoint failed: {exc}", job_id=self._job.id))
+            self._checkpoint_failed(str(exc))
             return
         cost = self._timer() - self._asked_at if self._asked_at is not None else None
         self._asked_at = None
@@ -329,6 +328,14 @@ class ProcessJob:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(info)
+
+    def _checkpoint_failed(self, detail: str) -> None:
+        """The checkpoint asked for will not come: the job runs on, the earlier ones stand."""
+        self._asked_at = None
+        if self._job.state is JobState.CHECKPOINTING and not self._stopping:
+            self._fire(JobEvent.CHECKPOINTED, "checkpoint failed")
+        self._emit(ProcessEventKind.CHECKPOINT_FAILED, detail=detail)
+        self._fail_waiters(JobProtocolError(f"job {self._job.id}: checkpoint failed: {detail}", job_id=self._job.id))
 
     def _fail_waiters(self, exc: BaseException) -> None:
         waiters, self._waiters = self._waiters, []

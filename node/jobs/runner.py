@@ -14,6 +14,13 @@ owns one supervising task per configured process job (``[[jobs]]`` with a ``comm
   checkpoint (SIGTERM, SIGKILL after the stop timeout);
 - on leaving the block, every job is stopped the same way.
 
+Intervals run on the injected ``clock``: the node's monotonic clock, or its board clock
+(``checkpoints.clock = "board"``) on a HIL bench that runs the board faster than wall time,
+so Daly's interval, the measured checkpoint cost and the fault rate share one time base; the
+controller calls :meth:`tick` every frame so an interval due on that clock is kept.  The
+``policy`` decides the interval and whether foresight counts (``baseline``: a fixed interval,
+no checkpoints for eclipses, SAFE or heat).  Timeouts, backoff and crash windows stay wall time.
+
 Each job runs in its own process group and dies with the node (``ProcessJob``). Its group
 id is kept in ``<run_dir>/<job>.pgid`` while it runs; at the next start, a group left from
 a node that was killed (a child that escaped ``PR_SET_PDEATHSIG``) is ended before anything
@@ -36,6 +43,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from node.jobs.errors import JobProtocolError
+from node.jobs.manager import CheckpointPolicy, DalyWithForesight
 from node.jobs.model import Job, JobState
 from node.jobs.policy import IntervalEstimator
 from node.jobs.process import ProcessEvent, ProcessEventKind, ProcessJob, kill_group
@@ -63,6 +71,11 @@ class _Slot:
     last_checkpoint_at: float = 0.0
     #: The next exit is a GPU fault the node caused on purpose (already counted).
     fault: bool = False
+    #: Runner-clock time of the checkpoint request in flight (None: none asked).
+    requested_at: float | None = None
+    #: Runner-clock time of the state the newest committed checkpoint holds (its request, or
+    #: the start that resumed from it): a fault now loses the work since.
+    saved_at: float = 0.0
 
 
 def _boot_id() -> str:
@@ -116,6 +129,7 @@ class ProcessJobRunner:
         staging_root: Path,
         run_dir: Path,
         estimator: IntervalEstimator | None = None,
+        policy: CheckpointPolicy | None = None,
         on_event: EventSink | None = None,
         stop_timeout_s: float = 30.0,
         checkpoint_timeout_s: float = 120.0,
@@ -129,6 +143,11 @@ class ProcessJobRunner:
         self._staging_root = Path(staging_root)
         self.run_dir = Path(run_dir)
         self.estimator = estimator or IntervalEstimator(clock=clock)
+        #: Daly's interval with foresight (``umbra``), or a fixed one without (``baseline``).
+        self.policy: CheckpointPolicy = policy or DalyWithForesight()
+        #: GPUs on the node (the controller sets it from the board): faults are observed on all
+        #: of them, so a job on k GPUs sees gpu_count/k times the node's MTBF (0: unknown, 1×).
+        self.gpu_count = 0
         self._on_event = on_event
         self._stop_timeout_s = stop_timeout_s
         self._checkpoint_timeout_s = checkpoint_timeout_s
@@ -225,8 +244,36 @@ class ProcessJobRunner:
         slot.checkpoint_now = True
         slot.wake.set()
 
+    def interval_s(self, job_id: str | None = None) -> float:
+        """The checkpoint interval in force for ``job_id`` (None: a one-GPU job), on the
+        runner's clock: the node's fault rate scaled to the job's share of the GPUs."""
+        gpus = len(self._slots[job_id].job.job.gpus) if job_id in self._slots else 1
+        scale = self.gpu_count / gpus if self.gpu_count > 0 and gpus > 0 else 1.0
+        return self.policy.interval_s(self.estimator, scale)
+
+    def _due_after(self, job_id: str) -> float:
+        """Seconds after its last checkpoint that ``job_id`` checkpoints: the interval, but no
+        later than ``min_interval_s`` while no checkpoint cost has been measured (the interval
+        rests on that cost; the prior is only a guess).  A fixed policy keeps to its interval."""
+        interval = self.interval_s(job_id)
+        if self.policy.foresees and self.estimator.measured == 0:
+            return min(interval, self.estimator.config.min_interval_s)
+        return interval
+
+    def tick(self) -> None:
+        """Wake the jobs whose interval has run out (the controller calls this every frame, so
+        an interval on the board clock is kept however fast the board runs)."""
+        now = self._clock()
+        for job_id, slot in self._slots.items():
+            if (slot.job.running and slot.requested_at is None
+                    and now - slot.last_checkpoint_at >= self._due_after(job_id)):
+                slot.wake.set()
+
     def checkpoint_all(self, reason: str) -> None:
-        """Power is about to go (SAFE, shedding, an eclipse): checkpoint every running job."""
+        """Power is about to go (SAFE, shedding, an eclipse): checkpoint every running job.
+        Foresight: a policy without it (``baseline``) keeps to its interval."""
+        if not self.policy.foresees:
+            return
         for job_id, slot in self._slots.items():
             if slot.job.running:
                 log.info("job %s: checkpoint (%s)", job_id, reason)
@@ -236,8 +283,10 @@ class ProcessJobRunner:
     def checkpoint_gpu(self, gpu: int, reason: str) -> None:
         """Work on ``gpu`` is at risk (heading for the thermal limit): checkpoint its jobs, unless
         one was taken within a tenth of an interval (a checkpoint costs time of its own)."""
-        gap = max(1.0, 0.1 * self.estimator.interval_s())
+        if not self.policy.foresees:
+            return
         for job_id in self.jobs_on(gpu):
+            gap = max(1.0, 0.1 * self.interval_s(job_id))
             slot = self._slots[job_id]
             if slot.job.running and self._clock() - slot.last_checkpoint_at >= gap:
                 log.info("job %s: checkpoint (%s)", job_id, reason)
@@ -267,13 +316,20 @@ class ProcessJobRunner:
                 slot.wake.set()
 
     def gpu_fault(self, gpu: int, why: str) -> None:
-        """A GPU reported an Xid, an ECC error or an upset: its jobs restart from a checkpoint."""
+        """A GPU reported an Xid, an ECC error or an upset: its jobs restart from a checkpoint.
+        Every GPU's fault counts towards the node's fault rate, whether a job runs there or not."""
+        self.estimator.observe_fault()
         for job_id in self.jobs_on(gpu):
             slot = self._slots[job_id]
             if slot.job.running:
+                job = slot.job.job
+                kept = job.last_checkpoint.progress if job.last_checkpoint is not None else 0.0
+                # What this fault costs, against what the policy promised: the work since the
+                # newest committed checkpoint's state, and the interval and checkpoint cost in force.
                 self._event("job_gpu_fault", 2, f"job {job_id}: GPU {gpu} {why}; restarting from its checkpoint",
-                            job=job_id, gpu=gpu)
-                self.estimator.observe_fault()
+                            job=job_id, gpu=gpu, lost_s=round(max(0.0, self._clock() - slot.saved_at), 3),
+                            lost_progress=max(0.0, job.progress - kept),
+                            interval_s=round(self._due_after(job_id), 3), cost_s=round(self.estimator.cost_s, 3))
                 slot.fault = True
                 task = asyncio.get_running_loop().create_task(slot.job.kill())
                 self._kills.add(task)
@@ -288,6 +344,7 @@ class ProcessJobRunner:
                 "state": "failed" if slot.failed else job.state.value, "progress": job.progress,
                 "gpus": list(job.gpus), "restarts": slot.restarts, "pid": slot.job.pid or 0,
                 "checkpoint_seq": last.seq if last else 0, "reason": job.reason[:120],
+                "interval_s": round(self._due_after(job_id), 3), "cost_s": round(self.estimator.cost_s, 3),
             }
         return out
 
@@ -300,12 +357,16 @@ class ProcessJobRunner:
             (log.warning if severity >= 2 else log.info)("%s", text)
 
     def _on_process_event(self, event: ProcessEvent) -> None:
-        if event.kind is ProcessEventKind.CHECKPOINTED and event.cost_s is not None:
-            self.estimator.observe_checkpoint(event.cost_s)
-        if event.kind is ProcessEventKind.CHECKPOINTED:
-            slot = self._slots.get(event.job.id)
-            if slot is not None:
-                slot.last_checkpoint_at = self._clock()
+        slot = self._slots.get(event.job.id)
+        if event.kind is ProcessEventKind.CHECKPOINTED and slot is not None:
+            now = self._clock()
+            if slot.requested_at is not None:  # cost on the runner's clock: request → commit
+                self.estimator.observe_checkpoint(max(0.0, now - slot.requested_at))
+                slot.saved_at = slot.requested_at
+            else:  # the final checkpoint of a stop
+                slot.saved_at = now
+            slot.requested_at = None
+            slot.last_checkpoint_at = now
         if event.kind in (ProcessEventKind.PROTOCOL_ERROR, ProcessEventKind.CHECKPOINT_FAILED):
             self._event("job_protocol", 2, f"job {event.job.id}: {event.kind.value}: {event.detail}",
                         job=event.job.id)
@@ -327,7 +388,8 @@ class ProcessJobRunner:
                 await self._backoff(slot)
                 continue
             self._pgid_file(job_id).write_text(f"{slot.job.pid} {_boot_id()}")
-            slot.last_checkpoint_at = self._clock()
+            slot.last_checkpoint_at = slot.saved_at = self._clock()
+            slot.requested_at = None
             self._event("job_started", 1, f"job {job_id} started on GPUs {list(slot.job.job.gpus)}"
                         + (f", resuming from checkpoint {info.seq}" if info else ""), job=job_id,
                         pid=slot.job.pid, resumed_from=info.seq if info else 0)
@@ -353,7 +415,7 @@ class ProcessJobRunner:
         exited = asyncio.ensure_future(slot.job.wait())
         try:
             while True:
-                left = self.estimator.interval_s() - (self._clock() - slot.last_checkpoint_at)
+                left = self._due_after(slot.job.job.id) - (self._clock() - slot.last_checkpoint_at)
                 slot.wake.clear()
                 woke = asyncio.ensure_future(slot.wake.wait())
                 await asyncio.wait({exited, woke}, timeout=max(left, 0.0),
@@ -363,13 +425,14 @@ class ProcessJobRunner:
                     return exited.result()
                 if self._closing or slot.wanted in ("pause", "cancel", "power"):
                     return await slot.job.stop()
-                due = self._clock() - slot.last_checkpoint_at >= self.estimator.interval_s()
+                due = self._clock() - slot.last_checkpoint_at >= self._due_after(slot.job.job.id)
                 if slot.checkpoint_now or due:
                     slot.checkpoint_now = False
-                    slot.last_checkpoint_at = self._clock()  # a failed one is not retried at once
+                    slot.last_checkpoint_at = slot.requested_at = self._clock()  # a failed one is not retried at once
                     try:
                         await slot.job.checkpoint()
                     except JobProtocolError as exc:  # no READY, a bad file, a timeout: it runs on
+                        slot.requested_at = None
                         self._event("job_checkpoint_failed", 2, str(exc), job=slot.job.job.id)
         finally:
             if not exited.done():
@@ -377,7 +440,7 @@ class ProcessJobRunner:
 
     def _crashed(self, slot: _Slot, why: str) -> None:
         job = slot.job.job
-        now = self._clock()
+        now = time.monotonic()  # a crash window is wall time, whatever clock the intervals use
         slot.crashes.append(now)
         while slot.crashes and now - slot.crashes[0] > job.crash_window_s:
             slot.crashes.popleft()

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--output", type=Path)
+    p.add_argument("--step-s", type=float, default=0.0, metavar="S",
+                   help="take at least S wall seconds a step: stands in for a GPU's step time on a "
+                        "CPU-only bench (HIL scenarios), without using the CPU the bench needs")
     args = p.parse_args(argv)
 
     ckpt = Checkpointer()
@@ -105,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt.ready()
     loss = float("nan")
     while state.step < args.steps:
+        began = time.monotonic()
         loss = train_step(state, x, y, args.lr, args.batch)
+        if args.step_s > 0.0:
+            time.sleep(max(0.0, args.step_s - (time.monotonic() - began)))
         ckpt.progress(state.step)
         if ckpt.due:  # a safe point: between two steps
             ckpt.save(save(state), progress=state.step)
