@@ -464,6 +464,12 @@ class SpacePlant(ParamTable):
             "power_w": per_gpu(ph.G_POWER),
             "cap_w": per_gpu(ph.G_CAP),
             "progress": per_gpu(ph.G_PROG),
+            # Work units per board second each GPU does now (1.0 at ref_w; 0 when off or
+            # dropped out): how fast a process job "on" that GPU may step on a bench.
+            "gpu_speed": lambda: tuple(
+                work_rate(float(g[ph.G_POWER, i]), float(p[ph.P_IDLE]), float(p[ph.P_REF]), float(p[ph.P_ALPHA]))
+                if g[ph.G_RAIL, i] > 0.5 and g[ph.G_ALIVE, i] > 0.5 else 0.0
+                for i in range(g.shape[1])),
             "rails": per_gpu(ph.G_RAIL),
             "slowdown": per_gpu(ph.G_SLOWED),
             "radiator_c": scalar(ph.S_RAD, s),

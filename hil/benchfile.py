@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -259,6 +260,10 @@ def toml_dumps(config: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+#: In a scenario job's command: the file holding simulated GPU N's speed (docs/hil.md).
+_GPU_SPEED = re.compile(r"\{gpu_speed:(\d{1,2})\}")
+
+
 class BenchRun:
     """One run's parts.  ``async with BenchRun(spec, params, workdir) as run:`` starts the
     broker and the board (the node is started by ``start_node``, after the harness has set
@@ -373,10 +378,26 @@ class BenchRun:
         if self.spec.broker.username:
             overlay["mqtt"] = {"username": self.spec.broker.username, "password": self.spec.broker.password}
         if self.params.jobs:
-            overlay["jobs"] = [dict(j) for j in self.params.jobs]
+            overlay["jobs"] = [{**j, "command": [self._placeholder(a) for a in j.get("command", [])]}
+                               for j in self.params.jobs]
             if self.params.board_clock:
                 overlay["checkpoints"] = {"clock": "board"}
         return overlay
+
+    def gpu_speed_path(self, gpu: int) -> Path:
+        """Where the harness keeps simulated GPU ``gpu``'s speed for a process job to pace by."""
+        return self.workdir / "gpu-speed" / str(gpu)
+
+    def speed_gpus(self) -> list[int]:
+        """The GPUs whose speed some job's command reads (``{gpu_speed:N}``)."""
+        found = {int(m.group(1)) for j in self.params.jobs for a in j.get("command", [])
+                 if isinstance(a, str) for m in _GPU_SPEED.finditer(a)}
+        return sorted(found)
+
+    def _placeholder(self, arg: Any) -> Any:
+        if not isinstance(arg, str):
+            return arg
+        return _GPU_SPEED.sub(lambda m: str(self.gpu_speed_path(int(m.group(1)))), arg)
 
     def merged_node_config(self, overlay: dict[str, Any]) -> dict[str, Any]:
         """The bench's node config file with ``overlay`` on top (tables merged key by key,

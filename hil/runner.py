@@ -445,6 +445,7 @@ async def run_scenario(
             period = result.period_s if math.isfinite(result.period_s) and result.period_s > 0 else 5730.0
             result.duration_s = scenario.duration_s(period, quick=quick)
             pending = sorted(scenario.timeline, key=lambda i: i.at_s(period))
+            speed_gpus = run.speed_gpus()
             storm: asyncio.Task[None] | None = None
             while True:
                 vals = await asyncio.gather(*(hil.get(n) for n in SAMPLED))
@@ -453,6 +454,8 @@ async def run_scenario(
                            work_done=_f(vals[5]), work_lost=_f(vals[6]), eclipse=_f(vals[7]) > 0.5,
                            shutdowns=_f(vals[8]), seu=_f(vals[9]), radiator_c=_f(vals[10]))
                 result.samples.append(s)
+                if speed_gpus:
+                    _write_gpu_speeds(run, speed_gpus, await hil.get("gpu_speed"))
                 while pending and s.t_s >= pending[0].at_s(period):
                     entry = pending.pop(0)
                     task = await _apply(entry, s.t_s, run, hil, result, ground, collector)
@@ -493,6 +496,19 @@ async def run_scenario(
     judge(result)
     progress(1.0, result.verdict.upper())
     return result
+
+
+def _write_gpu_speeds(run: BenchRun, gpus: list[int], speeds: Any) -> None:
+    """Each simulated GPU's speed where the process job on it reads it (atomic: a job never
+    reads half a number)."""
+    values = _list(speeds)
+    for gpu in gpus:
+        if gpu < len(values):
+            path = run.gpu_speed_path(gpu)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(f"{values[gpu]:.6g}")
+            tmp.replace(path)
 
 
 def _node_down_expected(result: RunResult) -> bool:

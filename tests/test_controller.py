@@ -339,6 +339,11 @@ class RecordingRunner:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.gpu_count = 0
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
 
     def checkpoint_all(self, reason: str) -> None:
         self.calls.append(("all", reason))
@@ -371,6 +376,8 @@ async def test_the_controller_tells_process_jobs_what_is_coming(rig) -> None:
         await feed(board, node, SensorReading(dataclasses.replace(
             base, t_board=7.0 + i * 0.1, temp_c=(99.0, 50.0), xid=(0, 2)), 0.0))
     assert ("gpu", 0) in recorder.calls and ("gpu", 1) not in recorder.calls
+    assert recorder.ticks >= 45 and recorder.gpu_count == INFO.gpu_count  # every frame, the board's GPUs
+    assert node.board_clock() >= 10.0  # board seconds since the first frame
 
 
 async def test_a_process_jobs_priority_weights_its_gpus_share_of_the_budget() -> None:

@@ -176,3 +176,49 @@ def test_toml_dumps_round_trips(config):
     from hil.benchfile import toml_dumps
 
     assert tomllib.loads(toml_dumps(config)) == config
+
+
+def test_a_jobs_command_reads_its_simulated_gpus_speed_where_the_harness_writes_it(tmp_path):
+    from hil.benchfile import BenchRun, RunParams
+    from hil.runner import _write_gpu_speeds
+
+    s = library()["upset-storm-jobs"]
+    run = BenchRun(default_bench(), RunParams(jobs=s.jobs, board_clock=True), tmp_path)
+    assert run.speed_gpus() == [0, 1]
+    jobs = run.node_config_overlay()["jobs"]
+    assert jobs[1]["command"][-1] == str(tmp_path / "gpu-speed" / "1")
+    assert s.jobs[1]["command"][-1] == "{gpu_speed:1}", "the scenario's tables are not changed"
+    _write_gpu_speeds(run, [0, 1], (0.77, 0.0, 1.0))
+    assert [float(run.gpu_speed_path(g).read_text()) for g in (0, 1)] == [0.77, 0.0]
+    assert not run.gpu_speed_path(2).exists()
+
+
+def test_train_numpy_steps_at_its_gpus_speed_and_waits_while_it_is_off(tmp_path):
+    import time
+
+    from node.jobs.train_numpy import gpu_speed, pace
+
+    class Ckpt:
+        due = False
+
+    speed = tmp_path / "speed"
+    assert gpu_speed(None) == 1.0 and gpu_speed(speed) == 1.0  # no file yet: full speed
+    speed.write_text("0.5")
+    began = time.monotonic()
+    pace(0.05, speed, began, Ckpt())  # type: ignore[arg-type]
+    assert time.monotonic() - began >= 0.1 - 1e-3
+    speed.write_text("0")
+    ckpt = Ckpt()
+    began = time.monotonic()
+
+    def later() -> None:
+        time.sleep(0.3)
+        ckpt.due = True  # the node asks for a checkpoint while the GPU is off: it is answered
+
+    import threading
+
+    t = threading.Thread(target=later)
+    t.start()
+    pace(0.01, speed, began, ckpt)  # type: ignore[arg-type]
+    t.join()
+    assert time.monotonic() - began >= 0.3

@@ -469,21 +469,32 @@ async def test_a_job_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_p
 @pytest.mark.timeout(180)
 async def test_a_jax_training_loop_killed_twice_ends_with_the_same_parameters(tmp_path: Path) -> None:
     """node/jobs/train_jax.py on CPU (jax from PyPI, installed by `make test`)."""
-    steps = 6000
-    command = (sys.executable, "-m", "node.jobs.train_jax", "--steps", str(steps))
+    await _killed_twice(tmp_path, "train_jax", 6000)
+
+
+@pytest.mark.timeout(300)
+async def test_a_pytorch_training_loop_killed_twice_ends_with_the_same_parameters(tmp_path: Path) -> None:
+    """node/jobs/train_torch.py, where PyTorch is installed (not by `make test`: several GB of
+    CUDA libraries); on the job's GPU when one is visible, else on the CPU."""
+    pytest.importorskip("torch")
+    await _killed_twice(tmp_path, "train_torch", 6000)
+
+
+async def _killed_twice(tmp_path: Path, module: str, steps: int) -> None:
+    command = (sys.executable, "-m", f"node.jobs.{module}", "--steps", str(steps))
     env = {k: v for k, v in os.environ.items() if not k.startswith("UMBRA_")}
     alone = await asyncio.to_thread(lambda: subprocess.run(
         [*command], capture_output=True, text=True, check=True, timeout=120, env=env).stdout)
     out = tmp_path / "under-umbra.txt"
-    job = Job(id="jax", gpus=(0,), command=(*command, "--output", str(out)), max_crashes=20)
+    job = Job(id="train", gpus=(0,), command=(*command, "--output", str(out)), max_crashes=20)
     events = Events()
     with CheckpointStore(tmp_path / "ckpt", keep=2) as store:
         async with runner(tmp_path, [job], events, store) as r:
             for n in range(2):
                 await events.wait("job_started", n + 1)
                 # After jax's start-up (about 1.5 s here): some steps done and checkpointed.
-                await _until_progress(r, "jax", min_progress=1 + n * 1500, timeout=60)
-                os.kill(r.telemetry()["jax"]["pid"], signal.SIGKILL)
+                await _until_progress(r, "train", min_progress=1 + n * 1500, timeout=60)
+                os.kill(r.telemetry()["train"]["pid"], signal.SIGKILL)
             await events.wait("job_finished", timeout=150)
     resumed = [d["resumed_from"] for k, d in events.seen if k == "job_started"]
     assert all(resumed[1:]), resumed
@@ -585,7 +596,7 @@ async def test_a_full_disk_mid_checkpoint_is_reported_and_loses_nothing(tmp_path
         job = Job(id="disk", gpus=(0,), command=(sys.executable, "-c", DISK_JOB, "0"))
         await _fill_the_disk(disk, job)
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(disk)], check=False)
 
 
 # --- the policy: per-job intervals, the first cost, the baseline's fixed interval ----------------
@@ -676,3 +687,42 @@ async def test_the_baseline_keeps_its_fixed_interval_and_foresees_nothing(tmp_pa
             r.gpu_fault(0, "reported an Xid error")
             (fault,) = [d for k, d in events.seen if k == "job_gpu_fault"]
             assert fault["lost_s"] == 50.0 and fault["interval_s"] == 1800.0
+
+
+async def test_a_held_job_waits_for_ground_and_a_checkpoint_over_budget_is_refused(tmp_path: Path) -> None:
+    script = """
+import time
+from node.jobs.jobkit import Checkpointer
+ckpt = Checkpointer(progress_every_s=0.05)
+ckpt.restore()
+ckpt.ready()
+n = 0
+while True:
+    time.sleep(0.01)
+    ckpt.progress(n + 1)
+    if ckpt.due:
+        ckpt.save(b"x" * (5000 if n == 1 else 100), progress=n + 1)
+        n += 1
+        if ckpt.stopping:
+            break
+"""
+    (job,) = parse_jobs([{"id": "held", "gpus": [0], "command": [sys.executable, "-c", script],
+                          "autostart": False, "max_checkpoint_bytes": 1000}])
+    events = Events()
+    estimator = IntervalEstimator(PolicyConfig(min_interval_s=3600, max_interval_s=3600), clock=time.monotonic)
+    with CheckpointStore(tmp_path / "ckpt") as store:
+        async with ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
+                                    run_dir=tmp_path / "run", estimator=estimator, on_event=events) as r:
+            await asyncio.sleep(0.5)
+            assert "job_started" not in events.kinds() and r.telemetry()["held"]["state"] == "held"
+            r.resume("held")  # ground starts it
+            await events.wait("job_started")
+            await _until(lambda: r.telemetry()["held"]["progress"] > 0)
+            r.checkpoint("held")
+            await _until(lambda: r.telemetry()["held"]["checkpoint_seq"] == 1)
+            r.checkpoint("held")  # 5000 bytes: over its budget of 1000
+            await events.wait("job_checkpoint_failed")
+            assert r.telemetry()["held"]["checkpoint_seq"] == 1 and r.telemetry()["held"]["state"] == "running"
+            assert not list((tmp_path / "staging" / "held").iterdir()), "the refused file takes no room"
+            info = store.restore("held")
+            assert info is not None and info.seq == 1 and info.size == 100

@@ -136,6 +136,11 @@ class Job:
     #: A process job that crashes this often within ``crash_window_s`` is failed for good.
     max_crashes: int = 3
     crash_window_s: float = 600.0
+    #: A process job's checkpoint budget: the largest checkpoint it may commit (0: no limit).
+    #: With the store's ``keep`` it bounds the disk the job can take.
+    max_checkpoint_bytes: int = 0
+    #: A process job starts with the node; False: it waits for ground's ``job_resume``.
+    autostart: bool = True
     state: JobState = JobState.QUEUED
     progress: float = 0.0
     history: tuple[CheckpointRef, ...] = ()
@@ -149,8 +154,8 @@ class Job:
             raise ValueError(f"job id {self.id!r}: 1-64 letters, digits, '-', '_', '.'")
         if len(set(self.gpus)) != len(self.gpus) or any(g < 0 for g in self.gpus):
             raise ValueError(f"job {self.id}: gpus {self.gpus!r} must be distinct indices >= 0")
-        if self.work < 0 or self.checkpoint_bytes < 0 or not (self.progress >= 0):
-            raise ValueError(f"job {self.id}: work, checkpoint_bytes and progress must be >= 0")
+        if self.work < 0 or self.checkpoint_bytes < 0 or self.max_checkpoint_bytes < 0 or not (self.progress >= 0):
+            raise ValueError(f"job {self.id}: work, checkpoint sizes and progress must be >= 0")
 
     @property
     def is_process(self) -> bool:
@@ -283,6 +288,8 @@ _JOB_KEYS: dict[str, type] = {
     "cwd": str,
     "max_crashes": int,
     "crash_window_s": float,
+    "max_checkpoint_bytes": int,
+    "autostart": bool,
 }
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Set by the node for every process job; a job's ``env`` may not override them.
@@ -369,7 +376,7 @@ def parse_jobs(raw: Any, *, source: str = "<config>") -> tuple[Job, ...]:
                               "process job", key=f"{prefix}.gpus", source=source)
         if values.get("priority", 0) > 100:
             raise ConfigError(f"{source}: {prefix}.priority must be 0 … 100", key=f"{prefix}.priority", source=source)
-        for key in ("priority", "work", "checkpoint_bytes"):
+        for key in ("priority", "work", "checkpoint_bytes", "max_checkpoint_bytes"):
             if key in values and values[key] < 0:
                 raise ConfigError(f"{source}: {prefix}.{key} must be >= 0", key=f"{prefix}.{key}", source=source)
         jobs.append(
@@ -384,6 +391,8 @@ def parse_jobs(raw: Any, *, source: str = "<config>") -> tuple[Job, ...]:
                 cwd=cwd,
                 max_crashes=values.get("max_crashes", 3),
                 crash_window_s=values.get("crash_window_s", 600.0),
+                max_checkpoint_bytes=values.get("max_checkpoint_bytes", 0),
+                autostart=values.get("autostart", True),
             )
         )
     return tuple(jobs)

@@ -312,6 +312,11 @@ class ProcessJob:
             if path.is_file() and path.stat().st_size == 0:
                 raise CheckpointError(f"job {self._job.id}: staged checkpoint {name!r} is empty",
                                       job_id=self._job.id)
+            budget = self._job.max_checkpoint_bytes
+            if budget and path.is_file() and (size := path.stat().st_size) > budget:
+                path.unlink(missing_ok=True)  # over budget: it takes no room past this point
+                raise CheckpointError(f"job {self._job.id}: checkpoint {name!r} is {size} bytes, over its "
+                                      f"budget of {budget} (max_checkpoint_bytes)", job_id=self._job.id)
             info = await self._store.adopt(self._job.id, path, progress=progress)
         except (ValueError, CheckpointError, OSError) as exc:
             self._log.warning("job %s: checkpoint %r not committed: %s", self._job.id, name, exc)

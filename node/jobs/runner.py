@@ -61,7 +61,8 @@ EventSink = Callable[[str, int, str, dict[str, Any]], None]
 @dataclass
 class _Slot:
     job: ProcessJob
-    #: What ground (or the node) wants: run, pause, cancel, power (stopped while its GPU is off).
+    #: What ground (or the node) wants: run, pause, cancel, power (stopped while its GPU is off),
+    #: held (``autostart = false``: not started until ground's job_resume).
     wanted: str = "run"
     crashes: deque[float] = field(default_factory=deque)
     restarts: int = 0
@@ -148,6 +149,7 @@ class ProcessJobRunner:
         #: GPUs on the node (the controller sets it from the board): faults are observed on all
         #: of them, so a job on k GPUs sees gpu_count/k times the node's MTBF (0: unknown, 1×).
         self.gpu_count = 0
+        self._last_tick: float | None = None
         self._on_event = on_event
         self._stop_timeout_s = stop_timeout_s
         self._checkpoint_timeout_s = checkpoint_timeout_s
@@ -171,7 +173,7 @@ class ProcessJobRunner:
             self._event("job_leftover_ended", 3, f"job {job_id}: processes left by a killed node ended",
                         job=job_id)
         for job in self._jobs:
-            self._slots[job.id] = _Slot(self._process_job(job))
+            self._slots[job.id] = _Slot(self._process_job(job), wanted="run" if job.autostart else "held")
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._tasks = [self._tg.create_task(self._supervise(job_id), name=f"umbra.job.{job_id}")
@@ -264,9 +266,13 @@ class ProcessJobRunner:
         """Wake the jobs whose interval has run out (the controller calls this every frame, so
         an interval on the board clock is kept however fast the board runs)."""
         now = self._clock()
+        # Due before the next tick: start now, not up to a frame late (earlier loses nothing).
+        lead = max(0.0, now - self._last_tick) if self._last_tick is not None else 0.0
+        self._last_tick = now
         for job_id, slot in self._slots.items():
             if (slot.job.running and slot.requested_at is None
-                    and now - slot.last_checkpoint_at >= self._due_after(job_id)):
+                    and now + lead - slot.last_checkpoint_at >= self._due_after(job_id)):
+                slot.checkpoint_now = True
                 slot.wake.set()
 
     def checkpoint_all(self, reason: str) -> None:
@@ -317,8 +323,8 @@ class ProcessJobRunner:
 
     def gpu_fault(self, gpu: int, why: str) -> None:
         """A GPU reported an Xid, an ECC error or an upset: its jobs restart from a checkpoint.
-        Every GPU's fault counts towards the node's fault rate, whether a job runs there or not."""
-        self.estimator.observe_fault()
+        Every GPU's fault counts towards the node's fault rate, whether a job runs there or not
+        (after the events: what was in force when it struck is what it is judged against)."""
         for job_id in self.jobs_on(gpu):
             slot = self._slots[job_id]
             if slot.job.running:
@@ -334,6 +340,7 @@ class ProcessJobRunner:
                 task = asyncio.get_running_loop().create_task(slot.job.kill())
                 self._kills.add(task)
                 task.add_done_callback(self._kills.discard)
+        self.estimator.observe_fault()
 
     def telemetry(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -341,7 +348,7 @@ class ProcessJobRunner:
             job = slot.job.job
             last = job.last_checkpoint
             out[job_id] = {
-                "state": "failed" if slot.failed else job.state.value, "progress": job.progress,
+                "state": "failed" if slot.failed else "held" if slot.wanted == "held" else job.state.value, "progress": job.progress,
                 "gpus": list(job.gpus), "restarts": slot.restarts, "pid": slot.job.pid or 0,
                 "checkpoint_seq": last.seq if last else 0, "reason": job.reason[:120],
                 "interval_s": round(self._due_after(job_id), 3), "cost_s": round(self.estimator.cost_s, 3),

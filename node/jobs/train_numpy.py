@@ -90,6 +90,29 @@ def fingerprint(state: State) -> str:
     return h.hexdigest()
 
 
+def gpu_speed(path: Path | None) -> float:
+    """The simulated GPU's speed from ``path`` (1.0 without one, or while it cannot be read)."""
+    if path is None:
+        return 1.0
+    try:
+        return max(0.0, float(path.read_text()))
+    except (OSError, ValueError):
+        return 1.0
+
+
+def pace(step_s: float, speed_file: Path | None, began: float, ckpt: Checkpointer) -> None:
+    """Make the step last ``step_s`` / speed of wall time; wait while the GPU does no work
+    (a request from the node still gets its answer meanwhile)."""
+    while True:
+        speed = gpu_speed(speed_file)
+        if speed > 0.0:
+            time.sleep(max(0.0, step_s / speed - (time.monotonic() - began)))
+            return
+        if ckpt.due:
+            return
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m node.jobs.train_numpy", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000)
@@ -100,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-s", type=float, default=0.0, metavar="S",
                    help="take at least S wall seconds a step: stands in for a GPU's step time on a "
                         "CPU-only bench (HIL scenarios), without using the CPU the bench needs")
+    p.add_argument("--speed-file", type=Path, metavar="PATH",
+                   help="with --step-s: a file holding the simulated GPU's speed (1.0 = full; 0 = off), "
+                        "which divides the step time; a HIL bench writes it (docs/hil.md)")
     args = p.parse_args(argv)
 
     ckpt = Checkpointer()
@@ -112,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         loss = train_step(state, x, y, args.lr, args.batch)
         if args.step_s > 0.0:
-            time.sleep(max(0.0, args.step_s - (time.monotonic() - began)))
+            pace(args.step_s, args.speed_file, began, ckpt)
         ckpt.progress(state.step)
         if ckpt.due:  # a safe point: between two steps
             ckpt.save(save(state), progress=state.step)
