@@ -43,11 +43,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("umbra-hil: error: -j must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    if args.compare == args.policy:
-        print("umbra-hil: error: --compare must differ from --policy", file=sys.stderr)
+    from node.policy import POLICIES
+
+    compare = [p.strip() for p in args.compare.split(",") if p.strip()] if args.compare else []
+    unknown = [p for p in compare if p not in POLICIES]
+    if unknown:
+        print(f"umbra-hil: error: --compare: unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.policy in compare or len(set(compare)) != len(compare):
+        print("umbra-hil: error: --compare must name other policies than --policy, each once", file=sys.stderr)
         return EXIT_USAGE
     report_dir = Path(args.report)
-    pairs = asyncio.run(run_many(scenarios, bench, report_dir=report_dir, compare=args.compare,
+    pairs = asyncio.run(run_many(scenarios, bench, report_dir=report_dir,
+                                 compare=compare[0] if len(compare) == 1 else compare or None,
                                  jobs=args.jobs, quick=args.quick, policy=args.policy))
     table = report.write_report(pairs, report_dir)
     print(table)

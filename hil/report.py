@@ -6,7 +6,8 @@ Layout under the report directory::
     <scenario>/<policy>/junit.xml     one testcase per measurement
     <scenario>/<policy>/run.png       GPU temperatures, caps, SoC, mode timeline; injections,
                                       upsets, shutdowns and checkpoint events marked
-    <scenario>/compare.png            with --compare: both policies side by side, work and bound
+    <scenario>/compare.png            with --compare: the policy and the first compared side by
+                                      side, work and bound (compare-<policy>.png: the others)
     summary.md, summary.json          the summary table
     junit.xml                         every run's measurements, one testsuite per run
 """
@@ -217,11 +218,12 @@ def plot_run(result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_compare(main: RunResult, other: RunResult, path: Path) -> None:
+def plot_compare(main: RunResult, other: RunResult | list[RunResult], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     scale = 60.0
-    for r, color in ((main, "#1565c0"), (other, "#e65100")):
+    others = other if isinstance(other, list) else [other]
+    for r, color in zip((main, *others), ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#795548"), strict=False):
         t = [s.t_s / scale for s in r.samples]
         axes[0].plot(t, [max(s.temp_c) for s in r.samples], color=color, lw=1, label=f"{r.policy} hottest GPU")
         axes[1].plot(t, [s.soc for s in r.samples], color=color, lw=1, label=r.policy)
@@ -240,7 +242,7 @@ def plot_compare(main: RunResult, other: RunResult, path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=7, loc="lower right")
         _marks(ax, main, scale, label=False)
-    fig.suptitle(f"{main.scenario.title}: {main.policy} vs {other.policy}")
+    fig.suptitle(f"{main.scenario.title}: {main.policy} vs {', '.join(o.policy for o in others)}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -252,46 +254,72 @@ _COLS = (("max_temp_c", "max °C"), ("slowdown_s", "slowdown GPU·s"), ("shutdow
          ("soc_min", "min SoC"), ("telemetry_gaps", "tm gaps"), ("work_useful", "work"))
 
 
-def summary_rows(pairs: list[tuple[RunResult, RunResult | None]]) -> list[dict[str, Any]]:
+#: A main run and what it was compared with: None, one run, or a list of runs.
+Pair = tuple[RunResult, Any]
+
+
+def _others(other: RunResult | list[RunResult] | None) -> list[RunResult]:
+    """The runs a main run is compared with: none, one, or several (``--compare a,b``)."""
+    if other is None:
+        return []
+    return list(other) if isinstance(other, list) else [other]
+
+
+def _letter(policy: str) -> str:
+    return policy[:1].upper()
+
+
+def summary_rows(pairs: list[Pair]) -> list[dict[str, Any]]:
     rows = []
     for main, other in pairs:
         row: dict[str, Any] = {"scenario": main.scenario.name, "verdict": main.verdict,
                                "failed": [f"{o.metric}={_fmt(o.value)} (limit {_limits(o)})" for o in main.failed()],
                                "error": main.error, main.policy: dict(main.metrics),
                                "plot": str(main.run_dir / "run.png")}
-        if other is not None:
-            row[other.policy] = dict(other.metrics)
-            row["baseline_verdict"] = other.verdict
-            row["baseline_failed"] = [f"{o.metric}={_fmt(o.value)}" for o in other.failed()]
-            row["compare_plot"] = str(main.run_dir.parent / "compare.png")
+        for i, o in enumerate(_others(other)):
+            row[o.policy] = dict(o.metrics)
+            row[f"{o.policy}_verdict"] = o.verdict
+            row[f"{o.policy}_failed"] = [f"{x.metric}={_fmt(x.value)}" for x in o.failed()]
+            row[f"{o.policy}_plot"] = str(main.run_dir.parent / ("compare.png" if i == 0 else f"compare-{o.policy}.png"))
+            if i == 0:  # the names of a single comparison, as before
+                row["baseline_verdict"] = o.verdict
+                row["baseline_failed"] = row[f"{o.policy}_failed"]
+                row["compare_plot"] = row[f"{o.policy}_plot"]
         rows.append(row)
     return rows
 
 
-def summary_table(pairs: list[tuple[RunResult, RunResult | None]]) -> str:
-    compare = any(o is not None for _, o in pairs)
+def summary_table(pairs: list[Pair]) -> str:
+    """One row per scenario: the policy under test, then each compared policy (U / B / I …)."""
+    policies: list[str] = []
+    for _, other in pairs:
+        for r in _others(other):
+            if r.policy not in policies:
+                policies.append(r.policy)
+    main_letter = _letter(pairs[0][0].policy) if pairs else "U"
+    letters = " / ".join([main_letter, *(_letter(p) for p in policies)])
     head = ["scenario", "verdict"]
-    for _, label in _COLS:
-        head.append(label)
-    if compare:
-        head = ["scenario", "verdict", "baseline verdict"]
-        for _, label in _COLS:
-            head.append(label + " U / B")
-        head += ["bound", "U/B work", "U/bound"]
+    if policies:
+        head += [f"{p} verdict" for p in policies]
+        head += [f"{label} {letters}" for _, label in _COLS]
+        head += ["bound", *(f"{main_letter}/{_letter(p)} work" for p in policies), f"{main_letter}/bound"]
+    else:
+        head += [label for _, label in _COLS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for main, other in pairs:
         m = main.metrics
+        by_policy = {r.policy: r for r in _others(other)}
         cells = [main.scenario.name, main.verdict.upper() + (f" ({main.error[:40]})" if main.error else "")]
-        if other is not None:
-            cells.append(other.verdict.upper())
+        cells += [by_policy[p].verdict.upper() if p in by_policy else "—" for p in policies]
         for key, _ in _COLS:
-            if other is not None:
-                cells.append(f"{_fmt(m.get(key))} / {_fmt(other.metrics.get(key))}")
+            if policies:
+                cells.append(" / ".join([_fmt(m.get(key)), *(_fmt(by_policy[p].metrics.get(key))
+                                                              if p in by_policy else "—" for p in policies)]))
             else:
                 cells.append(_fmt(m.get(key)))
-        if compare:
+        if policies:
             cells.append(_fmt(m.get("work_bound")))
-            cells.append(_fmt(m.get("work_vs_baseline")))
+            cells += [_fmt(m.get(f"work_vs_{p}")) for p in policies]
             cells.append(_fmt(m.get("work_vs_bound")))
         lines.append("| " + " | ".join(cells) + " |")
     fails = [(main, o) for main, _ in pairs for o in main.failed()]
@@ -308,18 +336,18 @@ def summary_table(pairs: list[tuple[RunResult, RunResult | None]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(pairs: list[tuple[RunResult, RunResult | None]], report_dir: Path) -> str:
+def write_report(pairs: list[Pair], report_dir: Path) -> str:
     """Every run's record, JUnit and plot; the comparison plots; the summary. Returns the table."""
     report_dir.mkdir(parents=True, exist_ok=True)
     everyone: list[RunResult] = []
     for main, other in pairs:
         write_run(main)
         everyone.append(main)
-        if other is not None:
-            write_run(other)
-            everyone.append(other)
+        for i, o in enumerate(_others(other)):
+            write_run(o)
+            everyone.append(o)
             try:
-                plot_compare(main, other, main.run_dir.parent / "compare.png")
+                plot_compare(main, o, main.run_dir.parent / ("compare.png" if i == 0 else f"compare-{o.policy}.png"))
             except Exception as exc:
                 main.logs["compare_plot_error"] = f"{type(exc).__name__}: {exc}"
     table = summary_table(pairs)

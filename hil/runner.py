@@ -648,19 +648,34 @@ def _safe_fraction(result: RunResult) -> float:
     return total / result.duration_s
 
 
-def judge(result: RunResult, baseline: RunResult | None = None) -> None:
-    """Judge every measurement; compare-only ones need ``baseline``."""
-    if baseline is not None and baseline.metrics.get("work_useful", 0) > 0 and "work_useful" in result.metrics:
-        result.metrics["work_vs_baseline"] = result.metrics["work_useful"] / baseline.metrics["work_useful"]
-    if baseline is not None and "job_progress" in result.metrics and "job_progress" in baseline.metrics:
-        ours, theirs = result.metrics["job_progress"], baseline.metrics["job_progress"]
-        # The baseline may end having just lost everything: any progress of ours beats none.
-        result.metrics["job_progress_vs_baseline"] = (ours / theirs if theirs > 0
-                                                      else math.inf if ours > 0 else math.nan)
+#: Comparison metrics and the policy whose run each needs (``--compare``).
+COMPARED: dict[str, str] = {"work_vs_baseline": "baseline", "job_progress_vs_baseline": "baseline",
+                            "work_vs_peer": "ipa", "work_vs_ipa": "ipa", "work_vs_step_wise": "step_wise",
+                            "job_progress_vs_peer": "ipa"}
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    # The other may end having just lost everything: any of ours beats none.
+    return ours / theirs if theirs > 0 else math.inf if ours > 0 else math.nan
+
+
+def judge(result: RunResult, *others: RunResult | None) -> None:
+    """Judge every measurement; a comparison measurement needs the run of its policy
+    (:data:`COMPARED`) among ``others`` and is skipped without it."""
+    ran = {o.policy: o for o in others if o is not None}
+    for policy, other in ran.items():
+        for metric in ("work_useful", "job_progress"):
+            if metric in result.metrics and metric in other.metrics:
+                ratio = _ratio(result.metrics[metric], other.metrics[metric])
+                name = "work" if metric == "work_useful" else "job_progress"
+                result.metrics[f"{name}_vs_{policy}"] = ratio
+                if policy == "ipa":  # the peer a user would pick instead (issue #16)
+                    result.metrics[f"{name}_vs_peer"] = ratio
     outcomes = []
     for meas in result.scenario.measures:
         value = result.metrics.get(meas.metric)
-        if meas.compare and baseline is None:
+        needs = COMPARED.get(meas.metric, "baseline")
+        if meas.compare and needs not in ran:
             outcome = "skipped"
         elif result.error:
             outcome = "error"
@@ -686,19 +701,22 @@ async def run_many(
     bench: BenchSpec,
     *,
     report_dir: Path,
-    compare: str | None = None,
+    compare: str | list[str] | None = None,
     jobs: int = 1,
     quick: bool = False,
     out: TextIO | None = sys.stderr,
     policy: str = "umbra",
 ) -> list[tuple[RunResult, RunResult | None]]:
-    """Run every scenario (and, with ``compare``, the same scenario under that policy too).
+    """Run every scenario (and, with ``compare``, the same scenario under each of those
+    policies too).
 
-    Returns (run, comparison run or None) per scenario, judged (compare-only measurements
-    judged on the main run against the comparison)."""
+    Returns per scenario (run, comparison run) for one compared policy, (run, [runs]) for
+    several, (run, None) for none; judged (comparison measurements on the main run against
+    the run of the policy each names)."""
+    compared = [compare] if isinstance(compare, str) else list(compare or [])
     todo = [Job(s, policy) for s in scenarios]
-    if compare:
-        todo += [Job(s, compare) for s in scenarios]
+    for other_policy in compared:
+        todo += [Job(s, other_policy) for s in scenarios]
     progress = Progress(out, [j.label for j in todo])
     sem = asyncio.Semaphore(max(1, jobs))
     results: dict[str, RunResult] = {}
@@ -715,12 +733,12 @@ async def run_many(
         for job in todo:
             tg.create_task(one(job))
     progress.done()
-    pairs = []
+    pairs: list[tuple[RunResult, Any]] = []
     for s in scenarios:
         main = results[f"{s.name}/{policy}"]
-        other = results.get(f"{s.name}/{compare}") if compare else None
-        judge(main, other)
-        if other is not None:
-            judge(other, None)
-        pairs.append((main, other))
+        others = [results[f"{s.name}/{p}"] for p in compared]
+        judge(main, *others)
+        for other in others:
+            judge(other)
+        pairs.append((main, others[0] if isinstance(compare, str) else others or None))
     return pairs

@@ -72,6 +72,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "work_bound": ("units", "the board's upper bound on work (truth.work_bound)"),
     "work_vs_bound": ("1", "work_useful / work_bound"),
     "work_vs_baseline": ("1", "work_useful of this policy / work_useful of baseline (--compare)"),
+    "work_vs_peer": ("1", "work_useful of this policy / work_useful of ipa, the Linux power_allocator peer "
+                          "(--compare ipa)"),
     "telemetry_gaps": ("count", "telemetry sequence numbers never received at ground (MQTT)"),
     "telemetry_packets": ("count", "telemetry packets received at ground (hk, event, tc/report)"),
     "archive_gaps": ("count", "sequence numbers missing in the ground archive (ground/archive.py)"),

@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hk-rate", metavar="HZ", type=float, help="housekeeping rate in Hz of wall time")
     p.add_argument(
         "--policy",
-        choices=["umbra", "baseline"],
-        help="umbra (default): the controller; baseline: every GPU at its maximum cap, for comparison",
+        choices=["umbra", "baseline", "ipa", "step_wise"],
+        help="umbra (default): the controller; baseline: every GPU at its maximum cap; ipa, step_wise: "
+        "the Linux thermal governors with a battery rule (peers, for comparison)",
     )
     p.add_argument(
         "--tc-key-file",

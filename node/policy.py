@@ -10,6 +10,11 @@ downstream asks for a policy's name: it holds the pieces and calls them.
   the budget.
 - ``baseline``: every GPU at its maximum cap (:class:`~node.control.law.BaselineLaw`); a
   fixed 30-minute interval, no foresight; never sheds.
+- ``ipa``: the peer a Linux user would configure — the kernel's ``power_allocator`` governor
+  on the die temperatures plus a plain battery rule (:class:`~node.control.peers.IpaLaw`);
+  fixed-interval checkpoints; never sheds.
+- ``step_wise``: the kernel's simpler ``step_wise`` governor with the same battery rule
+  (:class:`~node.control.peers.StepWiseLaw`); fixed-interval checkpoints; never sheds.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.control.law import BaselineLaw, ControlParams, Law, UmbraLaw
+from node.control.peers import IpaLaw, StepWiseLaw
 from node.errors import ConfigError
 from node.jobs.manager import CheckpointPolicy, DalyWithForesight, FixedInterval, SimJobConfig
 
@@ -45,6 +51,20 @@ POLICIES: dict[str, Policy] = {
             name="baseline",
             description="every GPU at its maximum cap, fixed-interval checkpoints: what breaks without Umbra",
             make_law=lambda _params: BaselineLaw(),
+            make_checkpoints=lambda config: FixedInterval(config.fixed_interval_s),
+            sheds_load=False,
+        ),
+        Policy(
+            name="ipa",
+            description="the Linux power_allocator governor (IPA) with a battery rule: the peer a user would pick",
+            make_law=lambda params: IpaLaw(params=params),
+            make_checkpoints=lambda config: FixedInterval(config.fixed_interval_s),
+            sheds_load=False,
+        ),
+        Policy(
+            name="step_wise",
+            description="the Linux step_wise governor with a battery rule",
+            make_law=lambda params: StepWiseLaw(params=params),
             make_checkpoints=lambda config: FixedInterval(config.fixed_interval_s),
             sheds_load=False,
         ),

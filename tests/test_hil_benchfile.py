@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -91,6 +92,30 @@ def test_report_files_and_compare(tmp_path):
     suites = ET.parse(tmp_path / "junit.xml").getroot()
     assert len(suites.findall("testsuite")) == 2
     assert "| scenario |" in summary_table([(umbra, None)])
+
+
+def test_a_comparison_with_several_policies_judges_each_against_its_own(tmp_path):
+    from hil.scenario import Measurement
+
+    umbra, base, peer = (_fake(tmp_path, "umbra", 80.0, 100.0), _fake(tmp_path, "baseline", 89.5, 90.0),
+                         _fake(tmp_path, "ipa", 82.0, 125.0))
+    umbra.scenario = dataclasses.replace(umbra.scenario, measures=(
+        *umbra.scenario.measures, Measurement("work_vs_peer", min=1.0, compare=True, why="beat the peer")))
+    judge(umbra, base, peer)
+    assert umbra.metrics["work_vs_baseline"] == pytest.approx(100 / 90)
+    assert umbra.metrics["work_vs_peer"] == umbra.metrics["work_vs_ipa"] == pytest.approx(100 / 125)
+    outcome = {o.metric: o.outcome for o in umbra.outcomes}
+    assert outcome["work_vs_peer"] == "fail" and outcome["work_vs_baseline"] == "pass"
+    judge(umbra, base)  # without the peer's run: its comparison is not judged
+    assert {o.metric: o.outcome for o in umbra.outcomes}["work_vs_peer"] == "skipped"
+    judge(umbra, base, peer)
+    judge(base)
+    judge(peer)
+    table = write_report([(umbra, [base, peer])], tmp_path)
+    assert "U / B / I" in table and "U/I work" in table and "0.8" in table
+    assert (tmp_path / "beta0" / "compare.png").exists() and (tmp_path / "beta0" / "compare-ipa.png").exists()
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert rows[0]["ipa_verdict"] == "pass" and rows[0]["baseline_verdict"] == "fail"
 
 
 def test_telemetry_after_a_board_reset_lands_at_the_right_run_time():
