@@ -377,7 +377,7 @@ async def test_the_controller_tells_process_jobs_what_is_coming(rig) -> None:
             base, t_board=7.0 + i * 0.1, temp_c=(99.0, 50.0), xid=(0, 2)), 0.0))
     assert ("gpu", 0) in recorder.calls and ("gpu", 1) not in recorder.calls
     assert recorder.ticks >= 45 and recorder.gpu_count == INFO.gpu_count  # every frame, the board's GPUs
-    assert node.board_clock() >= 10.0  # board seconds since the first frame
+    assert node.board_clock() >= 9.9 - 1e-6  # board seconds since the first frame (1.0 → 10.9)
 
 
 async def test_a_process_jobs_priority_weights_its_gpus_share_of_the_budget() -> None:
