@@ -34,6 +34,7 @@ def reading(t: float, temps: list[float], power: float = 600.0, **kw: object) ->
 
 
 def ipa(**kw: float) -> IpaLaw:
+    kw.setdefault("sustainable_w_per_gpu", 200.0)  # the figures below: 800 W over four GPUs
     law = IpaLaw(ipa=IpaParams(**kw))
     law.reset(gpu_count=N, cap_min_w=200.0, cap_max_w=700.0, sensor_rate_hz=1.0)
     return law
@@ -43,8 +44,10 @@ def test_the_kernels_default_gains_come_from_the_sustainable_power() -> None:
     k_po, k_pu, k_i = IpaParams(t_on_c=75.0, t_set_c=85.0).gains(800.0)
     assert (k_po, k_pu, k_i) == (80.0, 160.0, 16.0)
     assert IpaParams(t_on_c=75.0, t_set_c=85.0).gains(10.0)[2] == 1.0  # k_i at least 1
-    law = ipa()
-    assert law._sustainable == N * 200.0  # no configured sustainable power: every actor's minimum
+    law = IpaLaw()
+    law.reset(gpu_count=N, cap_min_w=200.0, cap_max_w=700.0)
+    assert law._sustainable == N * 400.0  # configured, per GPU
+    assert ipa(sustainable_w_per_gpu=0.0)._sustainable == N * 200.0  # unset: every actor's minimum
 
 
 def test_below_switch_on_every_gpu_is_unthrottled_and_the_integral_cleared() -> None:
@@ -94,7 +97,7 @@ def test_the_division_is_weighted_and_hands_the_surplus_back_by_headroom() -> No
 
 
 def test_step_wise_throttles_a_step_while_hot_and_rising_and_releases_while_cool_and_falling() -> None:
-    law = StepWiseLaw(step_wise=StepWiseParams(trip_c=83.0, steps=10))
+    law = StepWiseLaw(step_wise=StepWiseParams(trip_c=83.0, steps=10))  # a trip of the test's own
     law.reset(gpu_count=2, cap_min_w=200.0, cap_max_w=700.0)
     lim, w = np.full(2, 700.0), np.ones(2)
     assert law.step(reading(0.0, [84.0, 70.0]), limits_w=lim, weights=w).caps_w.tolist() == [700.0, 700.0]

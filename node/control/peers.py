@@ -37,12 +37,14 @@ class IpaParams:
     """The thermal zone's trips and the governor's tunables (kernel defaults derived)."""
 
     #: First passive trip: the switch-on temperature.
-    t_on_c: float = 75.0
+    t_on_c: float = 76.0
     #: Last passive trip: the control temperature (the PID's set point).
-    t_set_c: float = 84.0
-    #: Sustainable power, W; 0: the kernel's default, every actor's power at its most
-    #: throttled state summed (gpu_count × cap_min).
-    sustainable_w: float = 0.0
+    t_set_c: float = 86.0
+    #: The configured ``sustainable_power`` per GPU, W: what the zone dissipates at T_set, as a
+    #: careful user measures and sets it (8 GPUs × 400 W in the sun on the simulated board).
+    #: 0: the kernel's default, every actor's power at its most throttled state (cap_min),
+    #: which leaves the proportional term a 6 K droop below T_set.
+    sustainable_w_per_gpu: float = 400.0
     #: Integral cutoff, K (kernel default 0: the error accumulates only while above T_set).
     integral_cutoff_k: float = 0.0
     k_d: float = 0.0
@@ -58,7 +60,7 @@ class IpaParams:
 @dataclass(frozen=True, slots=True)
 class StepWiseParams:
     #: The passive trip of each GPU's zone.
-    trip_c: float = 83.0
+    trip_c: float = 85.5
     #: Cooling states between the maximum and the minimum cap.
     steps: int = 10
 
@@ -117,7 +119,7 @@ class IpaLaw:
 
     def reset(self, *, gpu_count: int, cap_min_w: float, cap_max_w: float, sensor_rate_hz: float = 10.0) -> None:
         self.cap_min_w, self.cap_max_w = cap_min_w, cap_max_w
-        self._sustainable = self.ipa.sustainable_w or gpu_count * cap_min_w
+        self._sustainable = gpu_count * (self.ipa.sustainable_w_per_gpu or cap_min_w)
         self._integral = 0.0
         self._prev_err = 0.0
         self._t_last = math.nan
