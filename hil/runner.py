@@ -446,6 +446,7 @@ async def run_scenario(
             result.duration_s = scenario.duration_s(period, quick=quick)
             pending = sorted(scenario.timeline, key=lambda i: i.at_s(period))
             speed_gpus = run.speed_gpus()
+            written: dict[int, str] = {}  # what each GPU's speed file holds
             storm: asyncio.Task[None] | None = None
             while True:
                 vals = await asyncio.gather(*(hil.get(n) for n in SAMPLED))
@@ -455,7 +456,7 @@ async def run_scenario(
                            shutdowns=_f(vals[8]), seu=_f(vals[9]), radiator_c=_f(vals[10]))
                 result.samples.append(s)
                 if speed_gpus:
-                    _write_gpu_speeds(run, speed_gpus, await hil.get("gpu_speed"))
+                    _write_gpu_speeds(run, speed_gpus, await hil.get("gpu_speed"), written)
                 while pending and s.t_s >= pending[0].at_s(period):
                     entry = pending.pop(0)
                     task = await _apply(entry, s.t_s, run, hil, result, ground, collector)
@@ -498,16 +499,19 @@ async def run_scenario(
     return result
 
 
-def _write_gpu_speeds(run: BenchRun, gpus: list[int], speeds: Any) -> None:
+def _write_gpu_speeds(run: BenchRun, gpus: list[int], speeds: Any, written: dict[int, str] | None = None) -> None:
     """Each simulated GPU's speed where the process job on it reads it (atomic: a job never
-    reads half a number)."""
+    reads half a number); only what changed since ``written`` (updated in place)."""
     values = _list(speeds)
+    written = {} if written is None else written
     for gpu in gpus:
-        if gpu < len(values):
+        text = f"{values[gpu]:.3g}" if gpu < len(values) else None
+        if text is not None and written.get(gpu) != text:
+            written[gpu] = text
             path = run.gpu_speed_path(gpu)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(f"{values[gpu]:.6g}")
+            tmp.write_text(text)
             tmp.replace(path)
 
 

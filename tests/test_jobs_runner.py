@@ -502,23 +502,22 @@ async def _killed_twice(tmp_path: Path, module: str, steps: int) -> None:
 
 
 async def _until_progress(r: ProcessJobRunner, job_id: str, *, min_progress: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not (r.telemetry()[job_id]["checkpoint_seq"] and r.telemetry()[job_id]["progress"] >= min_progress):
-        assert time.monotonic() < deadline, r.telemetry()
-        await asyncio.sleep(0.05)
+    await _until(lambda: r.telemetry()[job_id]["checkpoint_seq"] and r.telemetry()[job_id]["progress"] >= min_progress,
+                 timeout=timeout, why=r.telemetry)
 
 
 # --- a disk that fills mid-checkpoint -----------------------------------------------------------
 
-#: A job whose second checkpoint does not fit: 50 kB, then 2 MB, then 50 kB again.  It reports
-#: each ``save`` result on stdout.  argv[1]: a file-size limit for itself (0: none).
-DISK_JOB = """
+#: A job that answers each checkpoint request with a checkpoint of the next size in argv[2]
+#: (comma-separated bytes, the last repeated; the i-th filled with chr(65 + i)) and prints
+#: each ``save`` result.  argv[1]: a file-size limit for itself (0: none).
+SAVER_JOB = """
 import resource, sys, time
 from node.jobs.jobkit import Checkpointer
 limit = int(sys.argv[1])
 if limit:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: EFBIG
-sizes = [50_000, 2_000_000, 50_000, 50_000]
+sizes = [int(n) for n in sys.argv[2].split(",")]
 ckpt = Checkpointer(progress_every_s=0.05)
 ckpt.restore()
 ckpt.ready()
@@ -528,11 +527,20 @@ while True:
     step += 1
     ckpt.progress(step)
     if ckpt.due:
-        print("saved" if ckpt.save(bytes([65 + i]) * sizes[min(i, 3)], progress=step) else "refused", flush=True)
+        data = bytes([65 + i % 26]) * sizes[min(i, len(sizes) - 1)]
+        print("saved" if ckpt.save(data, progress=step) else "refused", flush=True)
         i += 1
         if ckpt.stopping:
             break
 """
+
+
+def saver(*sizes: int, limit: int = 0) -> tuple[str, ...]:
+    return (sys.executable, "-c", SAVER_JOB, str(limit), ",".join(str(n) for n in sizes))
+
+
+#: The disk tests' checkpoints: the second (2 MB) does not fit.
+DISK_SIZES = (50_000, 2_000_000, 50_000)
 
 
 def _tmpfs(path: Path, size: str) -> bool:
@@ -574,16 +582,16 @@ async def _fill_the_disk(root: Path, job: Job) -> None:
     assert (root / "logs" / f"{job.id}.log").read_text().split()[:3] == ["saved", "refused", "saved"]
 
 
-async def _until(cond: Any, timeout: float = 30.0) -> None:
+async def _until(cond: Any, timeout: float = 30.0, why: Any = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, why()
         await asyncio.sleep(0.02)
 
 
 async def test_a_file_size_limit_mid_checkpoint_is_reported_and_loses_nothing(tmp_path: Path) -> None:
     """The write fails with EFBIG (RLIMIT_FSIZE): the same path as a full disk, everywhere."""
-    job = Job(id="disk", gpus=(0,), command=(sys.executable, "-c", DISK_JOB, "1000000"))
+    job = Job(id="disk", gpus=(0,), command=saver(*DISK_SIZES, limit=1_000_000))
     await _fill_the_disk(tmp_path, job)
 
 
@@ -593,32 +601,13 @@ async def test_a_full_disk_mid_checkpoint_is_reported_and_loses_nothing(tmp_path
     if not _tmpfs(disk, "1m"):
         pytest.skip("mounting a tmpfs needs root (the file-size-limit test covers the same path)")
     try:
-        job = Job(id="disk", gpus=(0,), command=(sys.executable, "-c", DISK_JOB, "0"))
+        job = Job(id="disk", gpus=(0,), command=saver(*DISK_SIZES))
         await _fill_the_disk(disk, job)
     finally:
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(disk)], check=False)
 
 
 # --- the policy: per-job intervals, the first cost, the baseline's fixed interval ----------------
-
-#: Says READY, then reports each checkpoint request with a tiny checkpoint until stopped.
-IDLE_JOB = """
-import time
-from node.jobs.jobkit import Checkpointer
-ckpt = Checkpointer(progress_every_s=0.05)
-ckpt.restore()
-ckpt.ready()
-step = 0
-while True:
-    time.sleep(0.01)
-    step += 1
-    ckpt.progress(step)
-    if ckpt.due:
-        ckpt.save(b"x", progress=step)
-        if ckpt.stopping:
-            break
-"""
-
 
 class Clock:
     def __init__(self) -> None:
@@ -633,8 +622,8 @@ async def test_a_jobs_interval_scales_with_its_share_of_the_gpus_and_the_first_c
 
     clock = Clock()
     config = PolicyConfig(prior_cost_s=10.0, prior_mtbf_s=1000.0, min_interval_s=5.0, max_interval_s=1e6)
-    jobs = [Job(id="one", gpus=(0,), command=(sys.executable, "-c", IDLE_JOB)),
-            Job(id="four", gpus=(1, 2, 3, 4), command=(sys.executable, "-c", IDLE_JOB))]
+    jobs = [Job(id="one", gpus=(0,), command=saver(1)),
+            Job(id="four", gpus=(1, 2, 3, 4), command=saver(1))]
     events = Events()
     with CheckpointStore(tmp_path / "ckpt") as store:
         async with ProcessJobRunner(jobs, store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
@@ -665,7 +654,7 @@ async def test_the_baseline_keeps_its_fixed_interval_and_foresees_nothing(tmp_pa
     from node.jobs.manager import FixedInterval
 
     clock = Clock()
-    job = Job(id="base", gpus=(0,), command=(sys.executable, "-c", IDLE_JOB))
+    job = Job(id="base", gpus=(0,), command=saver(1))
     events = Events()
     with CheckpointStore(tmp_path / "ckpt") as store:
         async with ProcessJobRunner([job], store=AsyncCheckpointStore(store), staging_root=tmp_path / "staging",
@@ -690,23 +679,7 @@ async def test_the_baseline_keeps_its_fixed_interval_and_foresees_nothing(tmp_pa
 
 
 async def test_a_held_job_waits_for_ground_and_a_checkpoint_over_budget_is_refused(tmp_path: Path) -> None:
-    script = """
-import time
-from node.jobs.jobkit import Checkpointer
-ckpt = Checkpointer(progress_every_s=0.05)
-ckpt.restore()
-ckpt.ready()
-n = 0
-while True:
-    time.sleep(0.01)
-    ckpt.progress(n + 1)
-    if ckpt.due:
-        ckpt.save(b"x" * (5000 if n == 1 else 100), progress=n + 1)
-        n += 1
-        if ckpt.stopping:
-            break
-"""
-    (job,) = parse_jobs([{"id": "held", "gpus": [0], "command": [sys.executable, "-c", script],
+    (job,) = parse_jobs([{"id": "held", "gpus": [0], "command": list(saver(100, 5000, 100)),
                           "autostart": False, "max_checkpoint_bytes": 1000}])
     events = Events()
     estimator = IntervalEstimator(PolicyConfig(min_interval_s=3600, max_interval_s=3600), clock=time.monotonic)
