@@ -50,8 +50,9 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     run.add_argument("--bench", metavar="FILE", help="bench file (default: simulated board, lockstep, mosquitto)")
     run.add_argument("--report", metavar="DIR", default="hil-report", help="report directory (default hil-report)")
     run.add_argument("--compare", metavar="POLICY[,POLICY…]",
-                     help="also run these policies (baseline, ipa, step_wise, umbra) and compare; "
-                     "work_vs_baseline is judged against baseline, work_vs_peer against ipa")
+                     help="also run these policies (baseline, ipa, step_wise, umbra) and compare; oracle: "
+                     "the offline optimum's bound and achievable plan (hil/oracle.py); work_vs_baseline is "
+                     "judged against baseline, work_vs_peer against ipa, work_vs_oracle against oracle's plan")
     run.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="runs in parallel (default 1)")
     run.add_argument("--quick", action="store_true", help="shortened durations (as make test runs them)")
     run.add_argument("--policy", choices=["umbra", "baseline", "ipa", "step_wise"], default="umbra",

@@ -43,12 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("umbra-hil: error: -j must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    from hil.runner import OFFLINE_POLICIES
     from node.policy import POLICIES
 
     compare = [p.strip() for p in args.compare.split(",") if p.strip()] if args.compare else []
-    unknown = [p for p in compare if p not in POLICIES]
+    known = (*POLICIES, *OFFLINE_POLICIES)
+    unknown = [p for p in compare if p not in known]
     if unknown:
-        print(f"umbra-hil: error: --compare: unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})",
+        print(f"umbra-hil: error: --compare: unknown policy {unknown[0]!r} (known: {', '.join(known)})",
               file=sys.stderr)
         return EXIT_USAGE
     if args.policy in compare or len(set(compare)) != len(compare):

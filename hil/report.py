@@ -233,6 +233,10 @@ def plot_compare(main: RunResult, other: RunResult | list[RunResult], path: Path
     if bound and main.samples:
         axes[2].plot([main.samples[-1].t_s / scale], [bound], "*", color="#000", ms=10,
                      label=f"board upper bound {bound:.0f}")
+    oracle = next((o.metrics.get("oracle_bound") for o in others if o.policy == "oracle"), None)
+    if oracle and main.samples:
+        axes[2].plot([main.samples[-1].t_s / scale], [oracle], "P", color="#6a1b9a", ms=9,
+                     label=f"oracle upper bound {oracle:.0f}")
     axes[0].axhline(SLOWDOWN_C, color="#d50000", lw=1, label="slowdown")
     axes[1].axhline(SOC_FLOOR, color="#d50000", lw=1, ls=":", label="floor")
     axes[0].set_ylabel("°C")
@@ -303,6 +307,8 @@ def summary_table(pairs: list[Pair]) -> str:
         head += [f"{p} verdict" for p in policies]
         head += [f"{label} {letters}" for _, label in _COLS]
         head += ["bound", *(f"{main_letter}/{_letter(p)} work" for p in policies), f"{main_letter}/bound"]
+        if "oracle" in policies:
+            head += ["oracle bound", f"{main_letter}/oracle bound", "oracle plan/bound"]
     else:
         head += [label for _, label in _COLS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -321,6 +327,10 @@ def summary_table(pairs: list[Pair]) -> str:
             cells.append(_fmt(m.get("work_bound")))
             cells += [_fmt(m.get(f"work_vs_{p}")) for p in policies]
             cells.append(_fmt(m.get("work_vs_bound")))
+            if "oracle" in policies:
+                orc = by_policy["oracle"].metrics if "oracle" in by_policy else {}
+                cells += [_fmt(orc.get("oracle_bound")), _fmt(m.get("work_vs_oracle_bound")),
+                          _fmt(orc.get("oracle_gap"))]
         lines.append("| " + " | ".join(cells) + " |")
     fails = [(main, o) for main, _ in pairs for o in main.failed()]
     if fails:

@@ -655,7 +655,11 @@ def _safe_fraction(result: RunResult) -> float:
 #: Comparison metrics and the policy whose run each needs (``--compare``).
 COMPARED: dict[str, str] = {"work_vs_baseline": "baseline", "job_progress_vs_baseline": "baseline",
                             "work_vs_peer": "ipa", "work_vs_ipa": "ipa", "work_vs_step_wise": "step_wise",
-                            "job_progress_vs_peer": "ipa"}
+                            "job_progress_vs_peer": "ipa", "work_vs_oracle": "oracle",
+                            "work_vs_oracle_bound": "oracle"}
+
+#: Policies computed offline in this process rather than run on the bench (hil/oracle.py).
+OFFLINE_POLICIES = ("oracle",)
 
 
 def _ratio(ours: float, theirs: float) -> float:
@@ -675,12 +679,18 @@ def judge(result: RunResult, *others: RunResult | None) -> None:
                 result.metrics[f"{name}_vs_{policy}"] = ratio
                 if policy == "ipa":  # the peer a user would pick instead (issue #16)
                     result.metrics[f"{name}_vs_peer"] = ratio
+        if policy == "oracle" and "oracle_bound" in other.metrics and "work_useful" in result.metrics:
+            result.metrics["oracle_bound"] = other.metrics["oracle_bound"]
+            result.metrics["work_vs_oracle_bound"] = _ratio(result.metrics["work_useful"],
+                                                            other.metrics["oracle_bound"])
     outcomes = []
     for meas in result.scenario.measures:
         value = result.metrics.get(meas.metric)
         needs = COMPARED.get(meas.metric, "baseline")
         if meas.compare and needs not in ran:
             outcome = "skipped"
+        elif result.policy in OFFLINE_POLICIES and meas.metric not in result.metrics:
+            outcome = "skipped"  # the oracle has no node, link or ground to measure
         elif result.error:
             outcome = "error"
         else:
@@ -727,6 +737,9 @@ async def run_many(
 
     async def one(job: Job) -> None:
         async with sem:
+            if job.policy in OFFLINE_POLICIES:  # CPU-bound: a slot like a bench run
+                results[job.label] = await asyncio.to_thread(_offline, job, report_dir, quick, progress)
+                return
             res = await run_scenario(
                 job.scenario, bench, policy=job.policy, quick=quick,
                 run_dir=report_dir / job.scenario.name / job.policy,
@@ -746,3 +759,19 @@ async def run_many(
             judge(other)
         pairs.append((main, others[0] if isinstance(compare, str) else others or None))
     return pairs
+
+
+def _offline(job: Job, report_dir: Path, quick: bool, progress: Progress) -> RunResult:
+    """An offline policy's run (the oracle's LP and its replay on the plant), judged alone."""
+    from hil.oracle import run_oracle
+
+    run_dir = report_dir / job.scenario.name / job.policy
+    progress.update(job.label, 0.0, "solving")
+    try:
+        prepare_run_dir(run_dir)
+        result = run_oracle(job.scenario, run_dir=run_dir, quick=quick)
+    except RunDirInUse as exc:
+        result = RunResult(scenario=job.scenario, policy=job.policy, run_dir=run_dir, error=str(exc))
+    judge(result)
+    progress.update(job.label, 1.0, result.verdict.upper(), force=True)
+    return result

@@ -74,6 +74,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "work_vs_baseline": ("1", "work_useful of this policy / work_useful of baseline (--compare)"),
     "work_vs_peer": ("1", "work_useful of this policy / work_useful of ipa, the Linux power_allocator peer "
                           "(--compare ipa)"),
+    "work_vs_oracle": ("1", "work_useful of this policy / the useful work of the oracle's achievable plan, "
+                            "replayed on the plant (--compare oracle; hil/oracle.py)"),
+    "work_vs_oracle_bound": ("1", "work_useful of this policy / the oracle's upper bound (--compare oracle)"),
+    "oracle_gap": ("1", "the oracle's plan over its bound: how tight the bound is (oracle runs only)"),
     "telemetry_gaps": ("count", "telemetry sequence numbers never received at ground (MQTT)"),
     "telemetry_packets": ("count", "telemetry packets received at ground (hk, event, tc/report)"),
     "archive_gaps": ("count", "sequence numbers missing in the ground archive (ground/archive.py)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 
 from hil.broker import EmbeddedBroker, Mosquitto
 from node.errors import LinkError
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and
+    # children inherit an ignored signal: the tests that stop a process with Ctrl-C (SIGINT)
+    # would then wait for nothing.  A handled signal is reset to default across exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _mosquitto_or_fail(workdir: Path) -> Mosquitto:

@@ -89,6 +89,13 @@ def test_the_division_never_grants_more_than_the_budget_or_a_maximum(budget, act
         assert out.sum() == pytest.approx(min(budget, float(mx.sum())), rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.parametrize(("budget", "weight", "top"), [(1.5, 1.0, 2.0), (1.625, 2.0, 2.0)])
+def test_the_division_of_a_subnormal_request_is_exact(budget, weight, top) -> None:
+    # Hypothesis found it: budget × (5e-324 × w) rounded in the subnormals first.
+    out = divvy_up(budget, np.array([5e-324]), np.array([weight]), np.array([top]), np.zeros(1))
+    assert out.tolist() == [budget]
+
+
 def test_the_division_is_weighted_and_hands_the_surplus_back_by_headroom() -> None:
     out = divvy_up(900.0, np.array([600.0, 600.0, 600.0]), np.array([2.0, 1.0, 1.0]),
                    np.array([400.0, 700.0, 700.0]), np.zeros(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import numpy as np
@@ -63,10 +64,41 @@ def test_umbra_uses_daly_from_its_prior():
     rig = Rig("umbra")
     at = run_until_checkpoint(rig, 4000.0)
     assert at is not None
-    # No faults yet: the MTBF estimate is the prior plus the exposure so far.
+    # No faults yet: the MTBF estimate is the prior plus the exposure so far (GPU-seconds)
+    # over the prior's weight.
     low = daly_interval(ESTIMATOR_PRIOR.prior_cost_s, ESTIMATOR_PRIOR.prior_mtbf_s)
-    high = daly_interval(ESTIMATOR_PRIOR.prior_cost_s, ESTIMATOR_PRIOR.prior_mtbf_s + at)
+    high = daly_interval(ESTIMATOR_PRIOR.prior_cost_s,
+                         ESTIMATOR_PRIOR.prior_mtbf_s + N * at / ESTIMATOR_PRIOR.prior_weight)
     assert low <= at < high + 10.0
+
+
+def test_exposure_is_counted_per_gpu_that_can_be_hit():
+    # Each GPU's job sees its own upsets only: exposure in GPU-seconds gives a GPU's MTBF.
+    rig = Rig("umbra")
+    rig.m.on_frame(frame(0.0, (0, 0), (0, 0)), COOL)
+    rig.m.on_frame(frame(100.0, (100, 100), (0, 0)), COOL)
+    assert rig.m.estimator.exposure_s == pytest.approx(200.0)
+    one_off = dataclasses.replace(frame(150.0, (150, 100), (0, 0)), rails=1)
+    rig.m.on_frame(one_off, COOL)
+    assert rig.m.estimator.exposure_s == pytest.approx(250.0)  # GPU 1's rail was off
+
+
+def test_a_loss_the_node_caused_by_switching_a_rail_is_not_a_fault():
+    rig = Rig("umbra")
+    rig.m.on_frame(frame(0.0, (0, 0), (0, 0)), COOL)
+    rig.m.on_frame(frame(10.0, (10, 10), (0, 0)), COOL)
+    shed = dataclasses.replace(frame(20.0, (20, 0), (0, 0)), rails=1)  # GPU 1 shed, its work lost
+    rig.m.on_frame(shed, COOL)
+    assert rig.m.lost.tolist() == [0.0, 10.0]
+    assert rig.m.estimator.mtbf_s > ESTIMATOR_PRIOR.prior_mtbf_s  # no fault counted
+    rig.m.on_frame(frame(30.0, (0, 0), (0, 0)), COOL)  # GPU 0 falls back with its rail on: an upset
+    assert rig.m.estimator.mtbf_s < ESTIMATOR_PRIOR.prior_mtbf_s
+    one = rig.m.estimator.mtbf_s
+    rig.m.on_frame(frame(40.0, (10, 10), (0, 0)), COOL)
+    rig.m.on_frame(frame(50.0, (0, 0), (0, 0)), COOL)  # both GPUs at once (a board reset): one fault
+    expected = (ESTIMATOR_PRIOR.prior_weight * ESTIMATOR_PRIOR.prior_mtbf_s + rig.m.estimator.exposure_s) / (
+        ESTIMATOR_PRIOR.prior_weight + 2)
+    assert rig.m.estimator.mtbf_s == pytest.approx(expected) and rig.m.estimator.mtbf_s < one
 
 
 def test_umbra_checkpoints_ahead_of_an_eclipse_and_a_hot_gpu():

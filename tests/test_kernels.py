@@ -177,14 +177,15 @@ budget_args = st.tuples(
     st.floats(0, 6000),  # eclipse in
     st.floats(0, 2500),  # sun in
     st.floats(0, 2500),  # eclipse length
+    st.one_of(st.just(math.inf), st.floats(0, 5000)),  # charge limit
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(a=budget_args)
 def test_power_budget_matches_reference(a):
-    solar, stored, cap, floor, av, ecl_in, sun_in, ecl = a
-    args = (solar, min(stored, cap), cap, floor * cap, av, ecl_in, sun_in, ecl, 0.95, 0.95, 1e9)
+    solar, stored, cap, floor, av, ecl_in, sun_in, ecl, charge = a
+    args = (solar, min(stored, cap), cap, floor * cap, av, ecl_in, sun_in, ecl, 0.95, 0.95, 1e9, charge)
     got = kernels.power_budget(*args)
     assert got == pytest.approx(reference.power_budget(*args), rel=1e-12, abs=1e-9)
     assert got >= 0.0
@@ -192,7 +193,7 @@ def test_power_budget_matches_reference(a):
 
 def test_power_budget_in_eclipse_lands_on_the_floor_at_sunrise():
     capacity, floor, stored, avionics, left_s, eff = 2000.0, 600.0, 1400.0, 100.0, 1800.0, 0.95
-    p = kernels.power_budget(0.0, stored, capacity, floor, avionics, 0.0, left_s, left_s, 0.95, eff, 1e9)
+    p = kernels.power_budget(0.0, stored, capacity, floor, avionics, 0.0, left_s, left_s, 0.95, eff, 1e9, math.inf)
     energy_used_wh = (p + avionics) * left_s / 3600.0 / eff
     assert stored - energy_used_wh == pytest.approx(floor)
 
@@ -200,7 +201,7 @@ def test_power_budget_in_eclipse_lands_on_the_floor_at_sunrise():
 def test_power_budget_in_sunlight_plans_equal_power_through_the_eclipse():
     capacity, floor, stored, avionics, solar = 5000.0, 1500.0, 2000.0, 100.0, 4000.0
     t_sun, d, eff = 3600.0, 2136.0, 0.95
-    p = kernels.power_budget(solar, stored, capacity, floor, avionics, t_sun, 0.0, d, eff, eff, 1e9)
+    p = kernels.power_budget(solar, stored, capacity, floor, avionics, t_sun, 0.0, d, eff, eff, 1e9, math.inf)
     # Spend p through the sunlit hour, charging with the rest ...
     at_entry = stored + (solar - avionics - p) * eff * t_sun / 3600.0
     # ... and the eclipse at the same p ends exactly on the floor.
@@ -210,8 +211,23 @@ def test_power_budget_in_sunlight_plans_equal_power_through_the_eclipse():
 
 def test_power_budget_fills_the_battery_when_the_eclipse_could_not_use_more():
     capacity, floor, avionics, solar = 1000.0, 300.0, 100.0, 9000.0
-    p = kernels.power_budget(solar, 500.0, capacity, floor, avionics, 3600.0, 0.0, 2136.0, 0.95, 0.95, 1e9)
+    p = kernels.power_budget(solar, 500.0, capacity, floor, avionics, 3600.0, 0.0, 2136.0, 0.95, 0.95, 1e9, math.inf)
     assert p == pytest.approx(solar - avionics - 500.0 / 0.95)  # the battery is full at entry
+
+
+def test_power_budget_gives_the_gpus_what_the_battery_cannot_take():
+    # Five minutes of sun left before a long eclipse: the equal-power plan would charge at
+    # ~4.7 kW, but the battery takes 2.4 kW (0.5 C of 4.8 kWh); the rest would be shunted.
+    capacity, floor, stored, avionics, solar, t_sun, d, eff = 4800.0, 3384.0, 3840.0, 100.0, 5880.0, 300.0, 2136.0, 0.95
+    unlimited = kernels.power_budget(solar, stored, capacity, floor, avionics, t_sun, 0.0, d, eff, eff, 1e9, math.inf)
+    p = kernels.power_budget(solar, stored, capacity, floor, avionics, t_sun, 0.0, d, eff, eff, 1e9, 2400.0)
+    assert solar - avionics - unlimited > 2400.0  # the limit binds here
+    assert p == pytest.approx(solar - avionics - 2400.0)
+    # the eclipse gets less than p (what a full-rate charge leaves above the floor) and is not robbed
+    at_entry = stored + 2400.0 * eff * t_sun / 3600.0
+    eclipse_p = (at_entry - floor) * eff * 3600.0 / d - avionics
+    assert eclipse_p < p
+    assert eclipse_p > 0.0
 
 
 def test_heat_budget_is_steady_rejection_at_the_radiator_limit():

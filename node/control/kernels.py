@@ -201,6 +201,7 @@ def power_budget(
     charge_eff: float,
     discharge_eff: float,
     bus_limit_w: float,
+    charge_max_w: float,  # most the battery takes while charging (inf: no limit)
 ) -> float:
     """Watts the GPUs may draw now so that the battery never goes below its floor.
 
@@ -212,9 +213,10 @@ def power_budget(
 
         P = [S − A − (E_floor − E + A·D/η_d)/(t_s·η_c)] / (1 + D/(η_d·η_c·t_s)).
 
-    When that needs more than a full battery, the battery is filled by entry and the
-    rest of the sunlight goes to the GPUs.  Recomputed every frame, so errors in the
-    prediction are corrected as they show.
+    The battery takes at most ``charge_max_w`` and no more than fills it by entry: sunlight
+    beyond that would be shunted, so it goes to the GPUs (the eclipse then gets what the
+    battery holds, less than P: with work concave, not taking it from the eclipse is right).
+    Recomputed every frame, so errors in the prediction are corrected as they show.
     """
     a = avionics_w
     if sun_in_s > 0.0:
@@ -226,9 +228,8 @@ def power_budget(
         p = (solar_w - a - (floor_wh - battery_wh + a * d / discharge_eff) / (t_s * charge_eff)) / (
             1.0 + d / (discharge_eff * charge_eff * t_s)
         )
-        if floor_wh + (a + p) * d / discharge_eff > capacity_wh:
-            p = solar_w - a - max(0.0, capacity_wh - battery_wh) / (t_s * charge_eff)
-        budget = p
+        charge = min(solar_w - a - p, charge_max_w, max(0.0, capacity_wh - battery_wh) / (t_s * charge_eff))
+        budget = solar_w - a - charge
     return min(max(budget, 0.0), bus_limit_w)
 
 

@@ -52,6 +52,8 @@ class ControlParams:
     battery_margin_frac: float = param(0.005, 0.0, 0.5, "1", "planning margin above the floor")
     charge_eff: float = param(0.95, 0.5, 1.0, "1", "battery charge efficiency")
     discharge_eff: float = param(0.95, 0.5, 1.0, "1", "battery discharge efficiency")
+    # Li-ion cells charge at about 0.5 C (PHYSICS.md): sunlight beyond that is shunted anyway.
+    charge_max_c: float = param(0.5, 0.01, 10.0, "1/h", "most the battery takes while charging, W per Wh of capacity")
     avionics_w: float = param(100.0, 0.0, 10000.0, "W", "avionics load when the board does not report it")
     # 35.6 min: the longest eclipse at 550 km (PHYSICS.md).
     eclipse_s: float = param(2136.0, 0.0, 10000.0, "s", "eclipse length assumed until one is observed or reported")
@@ -260,7 +262,7 @@ class UmbraLaw:
                 (p.battery_floor_frac + p.battery_margin_frac) * capacity,
                 avionics if avionics == avionics else p.avionics_w,
                 eclipse_in, sun_in if sun_in == sun_in else 0.0, eclipse_s,
-                p.charge_eff, p.discharge_eff, math.inf,
+                p.charge_eff, p.discharge_eff, math.inf, p.charge_max_c * capacity,
             )  # fmt: skip
         if p.radiator_ea_m2 > 0.0:
             budget = min(
@@ -311,7 +313,7 @@ def warm_up() -> None:
     kernels.thermal_caps(one, one, 5.0, 0.03, 85.0, 10.0, 82.0, 20.0, 2.0, 0.1, 200.0, 700.0, one.copy(), one.copy())
     kernels.cap_bounds(one, one, one, one, 1, 1.0, 0.0, one.copy(), one.copy(), one.copy())
     kernels.water_fill(100.0, one + 1.0, one, one + 1.0, one + 1.0, one.copy())
-    kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9)
+    kernels.power_budget(1.0, 1.0, 2.0, 0.5, 1.0, 100.0, 0.0, 100.0, 0.9, 0.9, 1e9, 1e9)
     kernels.heat_budget(20.0, -40.0, 1.0, 1.0, 60.0, 600.0, 0.0)
     kernels.caps_changed(one, one, 1.0)
     kernels.cross_check(one.copy(), one.copy(), one, one, 0.03, 0.025, 2.0, 5.0, 0.01, one.copy(), ints.copy())

@@ -98,7 +98,7 @@ def divvy_up(budget: float, requests: np.ndarray, weights: np.ndarray, max_w: np
     if total <= 0.0:
         out[:] = 0.0
         return out
-    share = budget * weighted / total
+    share = budget * (weighted / total)  # the ratio first: tiny requests lose no precision
     np.minimum(share, max_w, out=out)
     extra = float(np.maximum(share - max_w, 0.0).sum())
     headroom = max_w - out

@@ -149,7 +149,7 @@ class NodeCommands:
             self._node.events.emit("job", Severity.INFO, f"job {job} pausing after a final checkpoint", job=job)
             return
         for gpu in self._job_gpus(job):
-            self._node.jobs.request(gpu, f"job {job} paused")
+            self._node.jobs.request(gpu, f"job {job} paused", certain=True)
             self._node.intent.paused.add(gpu)
         self._node.intent_changed()
         self._node.events.emit("job", Severity.INFO, f"job {job} paused after a checkpoint", job=job)
@@ -172,7 +172,7 @@ class NodeCommands:
         if not self._node.jobs.active:
             raise CommandRejected("this board keeps no checkpoints", code=Reason.UNSUPPORTED)
         for gpu in gpus:
-            self._node.jobs.request(gpu, "ground request")
+            self._node.jobs.request(gpu, "ground request", certain=True)
 
     def job_catalogue(self, job: str | None) -> list[dict[str, Any]]:
         store = self._node.store

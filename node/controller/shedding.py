@@ -67,7 +67,7 @@ class LoadShedder:
         self._short = self._short + 1 if budget_w < floor_w - 1.0 else 0
         if self._short >= SHORT_FRAMES and on:
             victim = min(on, key=lambda g: (weights[g], -g))
-            self._jobs.request(victim, "load shed ahead")
+            self._jobs.request(victim, "load shed ahead", certain=True)
             if self._on_power is not None:
                 self._on_power(victim, False)
             self._pending[victim] = t + (self._grace_s() if self._jobs.active else 0.0)

@@ -126,7 +126,11 @@ class SimJobManager:
         self._event = event
         self._spawn = spawn
         self._t = 0.0
-        self.estimator = IntervalEstimator(estimator_config, clock=lambda: self._t)
+        # Exposure in GPU-seconds (each GPU's job sees only its own upsets): the estimate is
+        # then a GPU's MTBF, the one its job's interval needs.
+        self._gpu_s = 0.0
+        self._t_prev = math.nan
+        self.estimator = IntervalEstimator(estimator_config, clock=lambda: self._gpu_s)
         self.active = False
         self._n = 0
 
@@ -139,6 +143,7 @@ class SimJobManager:
         self._want = np.zeros(n, dtype=bool)  # foreseen or requested, not yet started
         self._started = np.zeros(n, dtype=bool)  # the board has shown the checkpoint running
         self._reason = [""] * n
+        self._certain = np.zeros(n, dtype=bool)  # the wanted checkpoint's loss is certain
         self._progress = np.full(n, math.nan)
         self._saved = np.full(n, math.nan)
         self.lost = np.zeros(n)  # work lost, as the node saw it
@@ -148,14 +153,20 @@ class SimJobManager:
 
     # --- requests -------------------------------------------------------------------------
 
-    def request(self, gpu: int | None, reason: str) -> None:
-        """Checkpoint ``gpu`` (None: every GPU) at the next frame."""
+    def request(self, gpu: int | None, reason: str, *, certain: bool = False) -> None:
+        """Checkpoint ``gpu`` (None: every GPU) at the next frame.
+
+        ``certain``: the unsaved work will be lost (a shed rail, a paused job), so the
+        checkpoint is worth it as soon as it keeps more than it costs; a foreseen risk (an
+        eclipse, the thermal limit, a mode) waits for a tenth of an interval's work.
+        """
         if not self.active:
             return
         for i in range(self._n) if gpu is None else (gpu,):
             if not self._want[i]:
                 self._want[i] = True
                 self._reason[i] = reason
+            self._certain[i] = self._certain[i] or certain
 
     # --- per frame ------------------------------------------------------------------------
 
@@ -163,23 +174,30 @@ class SimJobManager:
         if not self.active:
             return  # the board declared no checkpoints (first-order model, NVML)
         self._t = t = sensor.t_board
+        if t > self._t_prev:  # (a reset board's clock starts again: nothing to add)
+            self._gpu_s += _count_on(sensor, self._n) * (t - self._t_prev)
+        self._t_prev = t
         progress = np.asarray(sensor.progress)
         saved = np.asarray(sensor.saved)
         if np.isnan(self._last_ckpt).all() and np.isnan(self._progress).all():
             self._last_ckpt[:] = t  # the job starts now: its first interval runs from here
-        self._detect_losses(progress, saved)
+        self._detect_losses(progress, saved, sensor.rails)
         self._detect_finished(sensor, saved, t)
         self._progress[:] = progress
         self._saved[:] = saved
         self._decide(sensor, foresight, t)
 
-    def _detect_losses(self, progress: np.ndarray, saved: np.ndarray) -> None:
+    def _detect_losses(self, progress: np.ndarray, saved: np.ndarray, rails: int) -> None:
         known = ~np.isnan(self._progress)
         dropped = known & (progress < self._progress - 1e-9)
+        # A fault (upset, shutdown, reset) loses work with the rail on; with the rail off the
+        # node switched it (a shed, FDIR's reset after an upset already counted): no fault.
+        # Losses in one frame share a cause (a board reset hits every GPU): one fault.
+        if any((rails >> int(gpu)) & 1 for gpu in np.flatnonzero(dropped)):
+            self.estimator.observe_fault()
         for gpu in np.flatnonzero(dropped):
             lost = float(self._progress[gpu] - progress[gpu])
             self.lost[gpu] += lost
-            self.estimator.observe_fault()
             self._event("work_lost", 2, f"GPU {gpu} lost {lost:.1f} work units since its last checkpoint",
                         gpu=int(gpu), lost=lost)
 
@@ -232,6 +250,7 @@ class SimJobManager:
                 self.request(int(hot), "heading for the thermal limit")
         else:
             self._want[:] = False  # no foresight, and no requests taken
+            self._certain[:] = False
         interval = self.policy.interval_s(self.estimator)
         for gpu in range(self._n):
             if not math.isnan(float(self._in_flight[gpu])):
@@ -243,7 +262,8 @@ class SimJobManager:
             due = since >= interval
             # Foresight is worth a checkpoint only when there is work to keep: at least a
             # tenth of an interval's (a checkpoint costs a pause of its own).
-            foreseen = self._want[gpu] and since >= max(2.0 * cfg.pause_s, 0.1 * interval)
+            worth = 2.0 * cfg.pause_s if self._certain[gpu] else max(2.0 * cfg.pause_s, 0.1 * interval)
+            foreseen = self._want[gpu] and since >= worth
             if due or foreseen:
                 reason = "interval" if due else self._reason[gpu]
                 self._start(gpu, t, reason)
@@ -256,6 +276,7 @@ class SimJobManager:
         self._in_flight[gpu] = t
         self._started[gpu] = False
         self._want[gpu] = False
+        self._certain[gpu] = False
         log.info("checkpoint GPU %d (%s)", gpu, reason)
 
     def telemetry(self) -> dict[str, Any]:
@@ -273,6 +294,12 @@ class SimJobManager:
         }
 
 
+def _count_on(sensor: Sensor, n: int) -> int:
+    """GPUs with their rail on and on the bus: the ones a fault can hit."""
+    both = sensor.rails & sensor.gpu_ok
+    return sum((both >> g) & 1 for g in range(n))
+
+
 def _state_bytes(gpu: int, progress: float, size: int) -> bytes:
     """Deterministic stand-in for a job's state: its identity and progress, padded."""
     head = f"umbra simulated job gpu-{gpu} progress {progress!r}\n".encode()
@@ -281,5 +308,7 @@ def _state_bytes(gpu: int, progress: float, size: int) -> bytes:
 
 #: The estimator's prior: the first measured cost replaces the prior cost.  A day between
 #: faults per GPU is pessimistic for the ground (Llama 3: one interruption per ~5.8 GPU-years)
-#: and a guess for orbit; one observed upset already moves the estimate.
-ESTIMATOR_PRIOR = PolicyConfig(prior_cost_s=20.0, prior_mtbf_s=24 * 3600.0, min_interval_s=120.0)
+#: and a guess for orbit, so it counts for a tenth of a fault (8,640 GPU-seconds of exposure,
+#: 18 minutes of an 8-GPU node): a few observed upsets decide the interval.
+ESTIMATOR_PRIOR = PolicyConfig(prior_cost_s=20.0, prior_mtbf_s=24 * 3600.0, prior_weight=0.1,
+                               min_interval_s=120.0)
