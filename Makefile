@@ -10,7 +10,7 @@ SRC = node ground hil firmware_sim
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo mosquitto ground-deps test check bench clean
+.PHONY: help install demo mosquitto ground-deps firmware-deps firmware labgrid test check bench clean
 
 # Playwright drives Debian's chromium (ground-deps); it must never fetch a browser itself.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -23,6 +23,8 @@ help:
 	@echo "make bench       run the benchmarks"
 	@echo "make mosquitto   make sure the mosquitto broker is installed"
 	@echo "make ground-deps make sure chromium and postgresql (ground tests) are installed"
+	@echo "make firmware    build the C board firmware (QEMU mps2-an385, NUCLEO-F401RE, host)"
+	@echo "make labgrid     install labgrid (in $(LABGRID_VENV)) and ser2net, for benches on labgrid places"
 	@echo "make clean       remove caches (keeps $(VENV))"
 
 # The stamp is newer than pyproject.toml once its dependencies are installed.
@@ -72,9 +74,56 @@ ground-deps:
 		exit 1; \
 	fi
 
+# The C reference firmware (firmware/, docs/real-boards.md): the Arm cross compiler with
+# picolibc for both targets, QEMU for the mps2-an385 board, the host compiler (with its
+# AddressSanitizer) for the codec tests and the firmware on a pty.
+FIRMWARE_PKGS = gcc-arm-none-eabi:arm-none-eabi-gcc picolibc-arm-none-eabi:/usr/lib/picolibc/arm-none-eabi/picolibc.specs \
+	qemu-system-arm:qemu-system-arm gcc:gcc
+firmware-deps:
+	@missing=""; \
+	for pair in $(FIRMWARE_PKGS); do \
+		pkg=$${pair%%:*}; what=$${pair#*:}; \
+		case $$what in /*) test -e $$what ;; *) command -v $$what >/dev/null 2>&1 ;; esac || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		echo "arm-none-eabi-gcc, picolibc, qemu-system-arm, gcc: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing with apt-get:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	else \
+		echo "missing:$$missing; run: sudo apt-get install$$missing" >&2; \
+		exit 1; \
+	fi
+
+# labgrid (hil/labgrid.py, docs/real-boards.md §9) in an environment of its own: it pins
+# pyserial-labgrid, a fork that installs over pyserial's files, which the node relies on.
+# The harness runs its labgrid-client; the tests also run its coordinator and exporter, and
+# the exporter runs Debian's ser2net.
+LABGRID_VENV ?= .venv-labgrid
+LABGRID_VERSION ?= 26.0.1
+$(LABGRID_VENV)/.installed:
+	test -x $(LABGRID_VENV)/bin/python || $(PYTHON) -m venv $(LABGRID_VENV)
+	$(LABGRID_VENV)/bin/python -m pip install --quiet 'labgrid==$(LABGRID_VERSION)'
+	touch $@
+
+labgrid: $(LABGRID_VENV)/.installed
+	@if command -v ser2net >/dev/null 2>&1 || test -x /usr/sbin/ser2net; then \
+		echo "ser2net: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "ser2net: installing with apt-get"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ser2net; \
+	else \
+		echo "ser2net is not installed; run: sudo apt-get install ser2net" >&2; \
+		exit 1; \
+	fi
+
+firmware: firmware-deps
+	$(MAKE) -C firmware all
+	$(MAKE) -C firmware size
+
 # Second pass: the numba kernels again with the JIT off, so coverage sees inside them.
 # pytest exits 5 when nothing is collected, which only means no `kernels` tests yet.
-test: $(VENV)/.installed mosquitto ground-deps
+test: $(VENV)/.installed mosquitto ground-deps firmware labgrid
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	@rc=0; NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q $(PYTEST_ARGS) -m kernels || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests marked 'kernels': NUMBA_DISABLE_JIT pass skipped"; rc=0; fi; \

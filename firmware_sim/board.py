@@ -24,6 +24,10 @@ scheduled timeline of BoardConfig (HIL settings at given board run times).
 SENSOR ``utc`` is the wall UTC at boot plus board time, so simulated UTC runs at ``speed``
 too (an orbit scenario sees its own calendar, not the host's).
 
+The ports are ptys the board publishes, or (``BoardConfig.link_device``/``hil_device``,
+``umbra-board --link-dev``) serial devices that exist: a device that goes away is closed
+and reopened every ``REOPEN_S`` until it is back, while the board runs on.
+
 Reads are event-driven (``loop.add_reader`` on each master); writes never block.  The
 firmware and HIL logic are sans-I/O (:mod:`firmware_sim.firmware`,
 :mod:`firmware_sim.hil_port`); this module only moves bytes and keeps time.  HIL
@@ -38,6 +42,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -46,12 +51,14 @@ from firmware_sim.firmware import Firmware
 from firmware_sim.hil_port import HilPort
 from firmware_sim.impair import LinkImpairment
 from firmware_sim.plant import FirstOrderPlant, ParamValue, Plant, bad_argument
-from firmware_sim.ptyport import PtyPort
-from node.errors import CommandRejected
+from firmware_sim.ptyport import DevicePort, PtyPort
+from node.errors import CommandRejected, LinkError
 from node.link.messages import Hello, HelloAck
 
 #: Wall seconds the clock may fall behind before it skips ahead rather than catching up.
 MAX_LAG_S = 1.0
+#: Wall seconds between tries to reopen a serial device that went away.
+REOPEN_S = 1.0
 
 
 def _flag(name: str, value: ParamValue) -> bool:
@@ -96,8 +103,9 @@ class Board:
         self.log = logger or logging.getLogger("umbra.board")
         self._clock = clock
         self._utc = utc
-        self.link = PtyPort(path=config.link)
-        self.hil = PtyPort(path=config.hil) if config.hil is not None else None
+        self.link = self._port(config.link, config.link_device)
+        self.hil = self._port(config.hil, config.hil_device) if config.hil is not None else None
+        self._lost: set[PtyPort] = set()  # devices that went away, reopened by _run_poll
         self.impair = LinkImpairment(seed=self.seed ^ 0x5EED)
         self._firmware: Firmware | None = None
         self._hil_port: HilPort | None = None
@@ -121,6 +129,9 @@ class Board:
         self._disconnected = False
         self._getters, self._setters = self._board_params()
         self._reconnect: asyncio.TimerHandle | None = None
+
+    def _port(self, path: Path, device: bool) -> PtyPort:
+        return DevicePort(path=path, baud=self.config.baud) if device else PtyPort(path=path)
 
     @property
     def firmware(self) -> Firmware:
@@ -326,9 +337,13 @@ class Board:
 
     async def _run_poll(self) -> None:
         firmware = self.firmware
+        next_reopen = 0.0
         while True:
             await asyncio.sleep(self.config.poll_s)
             now = self._clock()
+            if self._lost and now >= next_reopen:
+                self._reopen_lost()
+                next_reopen = now + REOPEN_S
             self._write(self.link, firmware.poll(wall=now))
             if self._hil_port is not None and self.hil is not None:
                 self._write(self.hil, self._hil_port.poll(wall=now))
@@ -412,9 +427,37 @@ class Board:
     def _on_readable(self, port: PtyPort, handler: Callable[..., bytes]) -> None:
         if not port.is_open:
             return
-        data = port.read()
+        try:
+            data = port.read()
+        except LinkError as exc:
+            self._port_lost(port, exc)
+            return
         if data:
             self._write(port, handler(data, wall=self._clock()))
+
+    def _port_lost(self, port: PtyPort, exc: LinkError) -> None:
+        """A serial device went away (unplugged): close it, and reopen it when it is back.
+        What the board sends meanwhile is lost, as on a cut cable; the board runs on."""
+        self.log.warning("%s; reopening it every %.0f s", exc, REOPEN_S)
+        self._close_port(port)
+        self._lost.add(port)
+
+    def _reopen_lost(self) -> None:
+        for port in list(self._lost):
+            if port is self.link and self._disconnected:
+                continue
+            try:
+                port.open()
+            except LinkError:
+                continue
+            handler = self._link_receive if port is self.link else self._hil_receive
+            if self._loop is not None:
+                self._loop.add_reader(port.fileno(), self._on_readable, port, handler)
+            self._lost.discard(port)
+            self.log.warning("serial device %s is back", port.path)
+
+    def _hil_receive(self, data: bytes, *, wall: float) -> bytes:
+        return self._hil_port.receive(data, wall=wall) if self._hil_port is not None else b""
 
     def _write(self, port: PtyPort, data: bytes) -> None:
         if not data:
@@ -431,12 +474,21 @@ class Board:
     def _write_now(self, port: PtyPort, data: bytes) -> None:
         if not data or not port.is_open:
             return
-        port.write(data)
+        try:
+            port.write(data)
+        except LinkError as exc:
+            self._port_lost(port, exc)
+            return
         if port.pending and port not in self._draining and self._loop is not None:
             self._draining.add(port)
             self._loop.add_writer(port.fileno(), self._drain, port)
 
     def _drain(self, port: PtyPort) -> None:
-        if port.flush() and self._loop is not None:
+        try:
+            flushed = port.flush()
+        except LinkError as exc:
+            self._port_lost(port, exc)
+            return
+        if flushed and self._loop is not None:
             self._loop.remove_writer(port.fileno())
             self._draining.discard(port)

@@ -1,7 +1,11 @@
-"""``umbra-board``: run a simulated dev board on a pseudo-terminal.
+"""``umbra-board``: run a simulated dev board on a pseudo-terminal or a real serial device.
 
-Exit status: 0 after SIGTERM or Ctrl-C (the symlinks are removed), 2 for bad arguments or
-a link path that cannot be published.  One line goes to stderr when the board is ready::
+``--link PATH`` publishes a pty there (the node opens it as a serial port on this machine);
+``--link-dev DEVICE`` opens a serial device that exists instead, so a bench PC plays the
+board for a node on another computer over a USB-serial cable (docs/real-boards.md §8).
+
+Exit status: 0 after SIGTERM or Ctrl-C (the symlinks are removed), 2 for bad arguments, a
+link path that cannot be published or a device that cannot be opened.  One line goes to stderr when the board is ready::
 
     umbra-board: board sim-1 on /tmp/umbra/link (8 GPUs, 10 Hz, speed 1x), HIL on /tmp/umbra/hil, seed 42
 
@@ -30,6 +34,7 @@ PROG = "umbra-board"
 _FLAGS = {
     "link": "--link",
     "hil": "--hil",
+    "baud": "--baud",
     "gpus": "--gpus",
     "rate_hz": "--rate",
     "speed": "--speed",
@@ -47,12 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Simulated Umbra dev board: the firmware's side of the serial link and "
-        "the GPUs it drives, on a pseudo-terminal published at --link.",
+        "the GPUs it drives, on a pseudo-terminal published at --link or on a serial device (--link-dev).",
     )
+    link = p.add_mutually_exclusive_group(required=True)
+    link.add_argument("--link", metavar="PATH", help="symlink to create for the node's serial port (a pty)")
+    link.add_argument(
+        "--link-dev", metavar="DEVICE",
+        help="play the board on this serial device instead of a pty (e.g. /dev/ttyUSB0, "
+        "/dev/serial/by-id/…): a node on another computer at the cable's far end",
+    )
+    hil = p.add_mutually_exclusive_group()
+    hil.add_argument("--hil", metavar="PATH", help="symlink to create for the HIL port (optional)")
+    hil.add_argument("--hil-dev", metavar="DEVICE", help="the HIL port on this serial device")
     p.add_argument(
-        "--link", required=True, metavar="PATH", help="symlink to create for the node's serial port"
+        "--baud", type=int, default=None, metavar="N",
+        help="line rate of --link-dev/--hil-dev (default 115200; 8N1, no flow control)",
     )
-    p.add_argument("--hil", metavar="PATH", help="symlink to create for the HIL port (optional)")
     p.add_argument(
         "--gpus",
         type=int,
@@ -206,10 +221,17 @@ def config_from_args(args: argparse.Namespace) -> BoardConfig:
     board.update({key: value for key, value in flags.items() if value is not None})
     if args.lockstep:
         board["lockstep"] = True
+    if args.baud is not None:
+        if not (args.link_dev or args.hil_dev):
+            raise ConfigError("applies to --link-dev/--hil-dev only (a pty has no line rate)", key="baud")
+        board["baud"] = args.baud
+    hil = args.hil_dev or args.hil
     try:
         return BoardConfig(
-            link=Path(args.link),
-            hil=Path(args.hil) if args.hil else None,
+            link=Path(args.link_dev or args.link),
+            hil=Path(hil) if hil else None,
+            link_device=bool(args.link_dev),
+            hil_device=bool(args.hil_dev),
             plant_overrides=tuple(overrides.items()),
             timeline=tuple(timeline),
             **board,
@@ -220,12 +242,13 @@ def config_from_args(args: argparse.Namespace) -> BoardConfig:
 
 def ready_line(config: BoardConfig, seed: int) -> str:
     model = f"orbit {config.orbit}" if config.model == "space" else "first-order plant"
+    baud = f" at {config.baud} baud" if config.link_device else ""
     line = (
-        f"{PROG}: board {config.board_id} on {config.link} "
+        f"{PROG}: board {config.board_id} on {config.link}{baud} "
         f"({config.gpus} GPUs, {config.rate_hz:g} Hz, speed {config.speed:g}x), {model}"
     )
     if config.hil is not None:
-        line += f", HIL on {config.hil}"
+        line += f", HIL on {config.hil}" + (f" at {config.baud} baud" if config.hil_device else "")
     return f"{line}, seed {seed}"
 
 
@@ -287,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hil_tcp = parse_endpoint(args.hil_tcp, "hil_tcp") if args.hil_tcp is not None else None
         if hil_tcp is not None and config.hil is None:
             raise ConfigError("serves the HIL port, so --hil is needed too", key="hil_tcp")
+        if link_tcp is not None and config.link_device:
+            raise ConfigError("serves a pty on TCP; with --link-dev the device is the line", key="link_tcp")
+        if hil_tcp is not None and config.hil_device:
+            raise ConfigError("serves a pty on TCP; with --hil-dev the device is the line", key="hil_tcp")
     except ConfigError as exc:
         parser.error(f"argument --{(exc.key or '').replace('_', '-')}: {str(exc).split(': ', 1)[-1]}")
     try:

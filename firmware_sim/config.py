@@ -136,6 +136,11 @@ class BoardConfig:
 
     link: Path
     hil: Path | None = None
+    #: True: ``link`` / ``hil`` name serial devices that exist (``--link-dev``), opened at
+    #: ``baud``; False: ptys the board creates and publishes there.
+    link_device: bool = False
+    hil_device: bool = False
+    baud: int = 115_200
     gpus: int = 8
     rate_hz: float = 10.0
     speed: float = 1.0  # board seconds per wall second
@@ -162,6 +167,9 @@ class BoardConfig:
             raise ConfigError(f"{o}.hil: expected a Path, got {self.hil!r}", key="hil")
         if self.hil is not None and self.hil == self.link:
             raise ConfigError(f"{o}.hil: must differ from link ({self.link})", key="hil")
+        if self.hil_device and self.hil is None:
+            raise ConfigError(f"{o}.hil_device: no hil port given", key="hil")
+        _integer(o, "baud", self.baud, 50, 4_000_000)
         # Checked here as well as in the derived configs, so errors name the board's keys.
         _integer(o, "gpus", self.gpus, 1, MAX_BOARD_GPUS)
         _number(o, "rate_hz", self.rate_hz, 0.01, 1000.0)
@@ -187,20 +195,8 @@ class BoardConfig:
         self.firmware_config()
 
     def space_config(self) -> SpaceConfig:
-        altitude, beta = ORBITS[self.orbit]
-        settings: dict[str, float | int] = {
-            "gpu_count": self.gpus, "demand_w": self.demand_w, "altitude_km": altitude,
-            "beta_deg": beta,
-        }
-        known = {f.name for f in fields(SpaceConfig)}
-        for key, value in self.plant_overrides:
-            if key not in known:
-                raise ConfigError(f"BoardConfig.plant: unknown parameter {key!r}", key=key)
-            settings[key] = value
-        try:
-            return SpaceConfig(**settings)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise ConfigError(f"BoardConfig.plant: {exc}", key="plant") from None
+        return orbit_space_config(self.orbit, gpus=self.gpus, demand_w=self.demand_w,
+                                  overrides=self.plant_overrides)
 
     def plant_config(self) -> PlantConfig:
         return PlantConfig(gpu_count=self.gpus, demand_w=self.demand_w)
@@ -223,6 +219,28 @@ ORBITS: dict[str, tuple[float, float]] = {
     "sso-eclipse-season": (550.0, 58.9),  # dawn-dusk SSO, worst day of eclipse season: 21.7 min
 }
 EARTH_RADIUS_KM = 6371.0
+
+
+def orbit_space_config(orbit: str, *, gpus: int, demand_w: float = 500.0,
+                       overrides: tuple[tuple[str, float | int], ...] = ()) -> SpaceConfig:
+    """The plant ``umbra-board --orbit ORBIT --set KEY=VALUE…`` simulates (also the oracle's).
+
+    A whole number given for an integer parameter (a scenario's ``[plant]`` values are
+    floats) is taken as that integer.
+    """
+    altitude, beta = ORBITS[orbit]
+    settings: dict[str, float | int] = {"gpu_count": gpus, "demand_w": demand_w, "altitude_km": altitude,
+                                        "beta_deg": beta}
+    types = {f.name: f.type for f in fields(SpaceConfig)}
+    for key, value in overrides:
+        if key not in types:
+            raise ConfigError(f"BoardConfig.plant: unknown parameter {key!r}", key=key)
+        whole = isinstance(value, float) and value.is_integer()
+        settings[key] = int(value) if types[key] in ("int", int) and whole else value
+    try:
+        return SpaceConfig(**settings)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(f"BoardConfig.plant: {exc}", key="plant") from None
 EARTH_MU_KM3_S2 = 398600.4418
 
 

@@ -3,11 +3,20 @@
 A bench file (TOML; every table and key optional, defaults shown)::
 
     [board]
-    kind = "sim"                  # "sim": start firmware_sim; "port": attach to a real board
-    port = ""                     # kind = "port": the node's serial port, a path or pyserial URL
-    hil = ""                      # kind = "port": the board's HIL port
+    kind = "sim"                  # "sim": start firmware_sim; "port": attach to a real board;
+                                  # "firmware": start the C firmware (firmware/, `make firmware`);
+                                  # "labgrid": a board another machine exports (hil/labgrid.py)
+    target = "qemu"               # kind = "firmware": "qemu" (mps2-an385 in QEMU) or "host"
+    external_plant = false        # the plant on the bench (hil/plantbench.py): the harness runs
+                                  # firmware_sim's plant for the board; true for kind = "firmware"
+    port = ""                     # kind = "port": the node's serial port, a path or pyserial URL;
+                                  # kind = "labgrid": the place's serial port for it (default "main")
+    hil = ""                      # kind = "port": the board's HIL port; "labgrid": default "hil"
+    place = ""                    # kind = "labgrid": the labgrid place to acquire
+    coordinator = ""              # kind = "labgrid": HOST:PORT (default $LG_COORDINATOR, 127.0.0.1:20408)
+    labgrid_client = ""           # kind = "labgrid": the labgrid-client to run (default: PATH, .venv-labgrid)
     args = []                     # kind = "sim": extra umbra-board arguments
-    [board.plant]                 # kind = "sim": umbra-board --set KEY=VALUE for every run
+    [board.plant]                 # the plant's physics (umbra-board --set KEY=VALUE) for every run
     # sink_c = -60
 
     [broker]
@@ -46,23 +55,34 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from hil.bench import BOARD_READY, NODE_READY, board_command, node_command
 from hil.broker import EmbeddedBroker, Mosquitto, find_mosquitto, free_port
+from hil.cboard import TARGETS, FirmwareBoard
+from hil.labgrid import LabgridPlace
 from hil.procs import ManagedProcess
 from hil.scenario import config_error as _err
 from node.errors import ConfigError, LinkError
+
+if TYPE_CHECKING:
+    from firmware_sim.plant import Plant
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BoardSpec:
     kind: str = "sim"
+    target: str = "qemu"
+    external_plant: bool = False
     port: str = ""
     hil: str = ""
+    place: str = ""
+    coordinator: str = ""
+    labgrid_client: str = ""
     args: tuple[str, ...] = ()
     plant: tuple[tuple[str, float], ...] = ()
 
@@ -144,17 +164,38 @@ def parse_bench(data: dict[str, Any], source: str = "bench") -> BenchSpec:
                 raise _err(source, f"{name}.{k}", f"unknown key (known: {', '.join(sorted(keys))})")
         return t
 
-    b = table("board", {"kind", "port", "hil", "args", "plant"})
+    b = table("board", {"kind", "target", "external_plant", "port", "hil", "place", "coordinator",
+                        "labgrid_client", "args", "plant"})
     kind = b.get("kind", "sim")
-    if kind not in ("sim", "port"):
-        raise _err(source, "board.kind", f"{kind!r}: use sim or port")
+    if kind not in ("sim", "port", "firmware", "labgrid"):
+        raise _err(source, "board.kind", f"{kind!r}: use sim, port, firmware or labgrid")
+    target = b.get("target", "qemu")
+    if target not in TARGETS:
+        raise _err(source, "board.target", f"{target!r}: use {' or '.join(TARGETS)}")
+    external = b.get("external_plant", kind == "firmware")
+    if not isinstance(external, bool):
+        raise _err(source, "board.external_plant", f"expected true or false, got {external!r}")
+    if external and kind == "sim":
+        raise _err(source, "board.external_plant", "the simulated board runs its own plant")
     if kind == "port" and not (b.get("port") and b.get("hil")):
         raise _err(source, "board.port", "a real board needs both port and hil")
+    if kind == "labgrid":
+        if not b.get("place"):
+            raise _err(source, "board.place", "a labgrid board needs the place to acquire")
+        b = {"port": "main", "hil": "hil", **b}
+        coordinator = str(b.get("coordinator", ""))
+        if coordinator and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", coordinator):
+            raise _err(source, "board.coordinator", f"{coordinator!r}: expected HOST:PORT")
+    for key in ("place", "coordinator", "labgrid_client"):
+        if key in b and kind != "labgrid":
+            raise _err(source, f"board.{key}", "only for kind = \"labgrid\"")
     plant = b.get("plant", {})
     for k, v in plant.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise _err(source, f"board.plant.{k}", f"expected a number, got {v!r}")
-    board = BoardSpec(kind=kind, port=str(b.get("port", "")), hil=str(b.get("hil", "")),
+    board = BoardSpec(kind=kind, target=str(target), external_plant=external, port=str(b.get("port", "")),
+                      hil=str(b.get("hil", "")), place=str(b.get("place", "")),
+                      coordinator=str(b.get("coordinator", "")), labgrid_client=str(b.get("labgrid_client", "")),
                       args=tuple(str(a) for a in b.get("args", [])),
                       plant=tuple((str(k), float(v)) for k, v in plant.items()))
 
@@ -275,6 +316,8 @@ class BenchRun:
         self.workdir = workdir
         self.python = python
         self.board: ManagedProcess | None = None
+        self.firmware: FirmwareBoard | None = None
+        self.labgrid: LabgridPlace | None = None
         self.node: ManagedProcess | None = None
         self.mosquitto: Mosquitto | None = None
         self.embedded: EmbeddedBroker | None = None
@@ -291,6 +334,7 @@ class BenchRun:
 
     @property
     def link_port(self) -> str:
+        """The node's serial port: the board's own, or a pty the harness makes for it."""
         return self.spec.board.port if self.spec.board.kind == "port" else str(self.workdir / "board.tty")
 
     @property
@@ -338,11 +382,39 @@ class BenchRun:
                              speed=t.speed, extra=[*extra, *self.spec.board.args])
 
     async def start_board(self) -> None:
+        if self.spec.board.kind == "labgrid":  # acquired, not started: ptys relay its ports
+            b = self.spec.board
+            self.labgrid = LabgridPlace(b.place, link=Path(self.link_port), hil=Path(self.hil_port),
+                                        coordinator=b.coordinator, client=b.labgrid_client, main_name=b.port,
+                                        hil_name=b.hil, log_dir=self.log_dir)
+            await self.labgrid.__aenter__()
+            return
+        if self.spec.board.kind == "firmware":
+            self.firmware = FirmwareBoard(self.spec.board.target, Path(self.link_port), Path(self.hil_port),
+                                          log_dir=self.log_dir, gpus=self.params.gpus, rate_hz=self.params.rate_hz)
+            await asyncio.to_thread(self.firmware.start)
+            self.board = self.firmware.proc
+            return
         if self.spec.board.kind != "sim":
             return
         self.board = ManagedProcess(self.board_argv(), name="board", log_dir=self.log_dir)
         self.board.start()
         await self.board.wait_for_line_async(BOARD_READY, 60)
+
+    @property
+    def external_plant(self) -> bool:
+        return self.spec.board.external_plant
+
+    def make_plant(self) -> Plant:
+        """The plant a simulated board would run for these parameters (orbit, GPUs, seed and
+        physics overrides), for the plant on the bench."""
+        from firmware_sim.config import BoardConfig
+        from firmware_sim.spaceplant import SpacePlant
+
+        p = self.params
+        config = BoardConfig(link=Path(self.link_port), gpus=p.gpus, rate_hz=p.rate_hz, seed=p.seed, orbit=p.orbit,
+                             plant_overrides=(*self.spec.board.plant, *p.plant))
+        return SpacePlant(config=config.space_config(), seed=p.seed)
 
     # -- node -------------------------------------------------------------------------------
 
@@ -443,12 +515,29 @@ class BenchRun:
             raise
         return self
 
+    @contextlib.asynccontextmanager
+    async def board_only(self) -> AsyncIterator[tuple[str, str]]:
+        """Just the board, started or attached as the bench says (no broker, no node): its
+        main and HIL ports, for ``umbra-hil conformance --bench``."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.start_board()
+            yield self.link_port, self.hil_port
+        finally:
+            await self.close()
+
     async def close(self) -> None:
         # The node first, so it says goodbye on the bus rather than seeing its board vanish.
         for proc in (self.node, self.board):
             if proc is not None:
                 with contextlib.suppress(Exception):
                     await proc.stop_async(timeout=2.0)
+        if self.firmware is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.firmware.stop)
+        if self.labgrid is not None:
+            with contextlib.suppress(Exception):
+                await self.labgrid.close()
         if self.mosquitto is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.mosquitto.close)

@@ -61,8 +61,12 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         "conformance", help="check a board against the ICD",
         description="Exercise every message of docs/ICD.md against a board's main port (and its HIL "
         "port) and report what the board got wrong.  No node may be using the port.")
-    conf.add_argument("port", metavar="PORT", help="the board's main serial port (path or pyserial URL)")
+    conf.add_argument("port", metavar="PORT", nargs="?",
+                      help="the board's main serial port (path or pyserial URL); or give --bench")
     conf.add_argument("--hil", metavar="PORT", help="the board's HIL port")
+    conf.add_argument("--bench", metavar="FILE",
+                      help="the board of this bench file instead of PORT: started (sim, firmware), attached "
+                      "(port) or acquired from a labgrid place (labgrid) for the check, then stopped or released")
     conf.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     conf.add_argument("--only", metavar="GROUPS",
                       help="comma-separated check groups to run (versions, numbering, sessions, sensor_stream, "

@@ -7,8 +7,12 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from node.errors import ConfigError
+from node.errors import ConfigError, LinkError
+
+if TYPE_CHECKING:
+    from hil.conformance import Check
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -75,11 +79,31 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         print(f"umbra-hil: error: unknown check groups {', '.join(unknown)}: choose from "
               f"{', '.join(Conformance.GROUPS)}", file=sys.stderr)
         return EXIT_USAGE
-    results = asyncio.run(run_conformance(args.port, hil=args.hil, only=only))
+    if (args.port is None) == (args.bench is None):
+        print("umbra-hil: error: conformance needs PORT or --bench FILE (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        results = asyncio.run(_conformance_on_bench(args.bench, only) if args.bench
+                              else run_conformance(args.port, hil=args.hil, only=only))
+    except (ConfigError, LinkError) as exc:
+        print(f"umbra-hil: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAIL
     print(format_results(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
     return 0 if all(r.ok for r in results) else EXIT_FAIL
+
+
+async def _conformance_on_bench(path: str, only: tuple[str, ...] | None) -> list[Check]:
+    import tempfile
+
+    from hil.benchfile import BenchRun, RunParams, load_bench
+    from hil.conformance import run_conformance
+
+    spec = load_bench(Path(path))
+    with tempfile.TemporaryDirectory(prefix="umbra-conformance-") as tmp:
+        async with BenchRun(spec, RunParams(rate_hz=10.0), Path(tmp)).board_only() as (link, hil):
+            return await run_conformance(link, hil=hil, only=only)
 
 
 def run_command(args: argparse.Namespace) -> int:

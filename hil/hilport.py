@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,8 +24,12 @@ HilScalarOrArray = float | tuple[float, ...]
 
 
 class HilClient:
-    def __init__(self, *, port: str, timeout: float = 2.0) -> None:
+    def __init__(self, *, port: str, timeout: float = 2.0,
+                 on_notice: Callable[[HilScalarOrArray], None] | None = None) -> None:
         self._port = port
+        # A HIL_VALUE with ref 0 answers no HIL_GET: a board's own notice (`plant.due`,
+        # docs/real-boards.md §6).
+        self._on_notice = on_notice
         self._timeout = timeout
         self._channel = ReliableChannel(retry_timeout=0.2, max_tries=10)
         self._decoder = FrameDecoder()
@@ -99,6 +104,9 @@ class HilClient:
                     if self._hello_ack is not None and not self._hello_ack.done():
                         self._hello_ack.set_result(None)
                 elif isinstance(event, Delivered) and isinstance(event.message, HilValue):
+                    if event.message.ref == 0 and self._on_notice is not None:
+                        self._on_notice(event.message.value)
+                        continue
                     vfut = self._values.pop(event.message.ref, None)
                     if vfut is not None and not vfut.done():
                         vfut.set_result(event.message.value)

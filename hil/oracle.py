@@ -49,9 +49,11 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_sim import physics as ph
-from firmware_sim.config import ORBITS, SpaceConfig
+from firmware_sim.config import SpaceConfig, orbit_space_config
 from firmware_sim.spaceplant import SpacePlant, work_rate
 from hil.scenario import Scenario
+from node.jobs.manager import SimJobConfig
+from node.jobs.policy import young_interval
 
 if TYPE_CHECKING:
     from hil.runner import RunResult
@@ -65,8 +67,8 @@ Term = tuple[I64, F64 | float]
 BOARD_RESET = ("board.reset", "board.resets")
 IGNORED_PREFIXES = ("link.", "fault.sensor.", "time.", "truth.", "fault.clear")
 
-#: The node's checkpoint of a simulated job (node/jobs/manager.py: 40 GB at 2 GB/s).
-PAUSE_S = 20.0
+#: The node's checkpoint of a simulated job (its default state size over its bandwidth).
+PAUSE_S = SimJobConfig().pause_s
 
 
 class OracleError(Exception):
@@ -93,12 +95,7 @@ class Limits:
 
 def scenario_config(scenario: Scenario) -> SpaceConfig:
     """The SpaceConfig the board builds for this scenario (umbra-board --orbit, --set)."""
-    altitude, beta = ORBITS[scenario.orbit]
-    settings: dict[str, float | int] = {"gpu_count": scenario.gpus, "altitude_km": altitude, "beta_deg": beta}
-    for key, value in scenario.plant:
-        settings[key] = int(value) if key in ("gpu_count", "solar_strings", "cells_series", "radiator_sides") \
-            else value
-    return SpaceConfig(**settings)  # type: ignore[arg-type]
+    return orbit_space_config(scenario.orbit, gpus=scenario.gpus, overrides=scenario.plant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +467,7 @@ def replay(scenario: Scenario, config: SpaceConfig, blocks: Blocks, p: F64, dura
                 plant.set_rail(gpu, gpu < on[k])
         due = list(starts.get(i, ()))
         if plant.seu_rate_hz > 0.0:  # the upset rate is known, not the upsets: Young/Daly
-            interval = math.sqrt(2.0 * PAUSE_S / plant.seu_rate_hz)
+            interval = young_interval(PAUSE_S, 1.0 / plant.seu_rate_hz)
             due += [gpu for gpu in range(n) if t - last_ckpt[gpu] >= interval]
         for gpu in due:
             if plant.g[ph.G_RAIL, gpu] > 0.5 and plant.g[ph.G_ALIVE, gpu] > 0.5:

@@ -32,6 +32,7 @@ import msgpack
 
 from hil.benchfile import BenchRun, BenchSpec, RunParams
 from hil.hilport import HilClient
+from hil.plantbench import BenchHil, PlantOnBench
 from hil.scenario import METRICS, Injection, Scenario
 from node.bus.payloads import Event, Housekeeping, Leaf, TcReport, decode_message, topic
 from node.errors import RemoteProtocolError
@@ -421,7 +422,12 @@ async def run_scenario(
         async with contextlib.AsyncExitStack() as stack:
             progress(0.0, "starting")
             await stack.enter_async_context(run)
-            hil = await stack.enter_async_context(HilClient(port=run.hil_port, timeout=2.0))
+            hil: HilClient | BenchHil
+            if run.external_plant:  # the harness runs the plant for the board's firmware
+                bench_plant = PlantOnBench(run.hil_port, run.make_plant(), rate_hz=params.rate_hz)
+                hil = BenchHil(await stack.enter_async_context(bench_plant))
+            else:
+                hil = await stack.enter_async_context(HilClient(port=run.hil_port, timeout=2.0))
             if scenario.speed is not None:  # process jobs run in wall time: pace the board
                 await hil.set("time.lockstep", 0.0)
                 await hil.set("time.speed", scenario.speed)
@@ -539,7 +545,7 @@ async def _drain(collector: Collector, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _apply(entry: Injection, t_s: float, run: BenchRun, hil: HilClient, result: RunResult,
+async def _apply(entry: Injection, t_s: float, run: BenchRun, hil: HilClient | BenchHil, result: RunResult,
                  ground: GroundSide | None, collector: Collector | None = None) -> asyncio.Task[None] | None:
     record: dict[str, Any] = {"t_s": t_s, "planned_s": entry.at_s(result.period_s or 5730.0),
                               "set": {k: v for k, v in entry.set}, "action": entry.action}

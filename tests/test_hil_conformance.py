@@ -288,7 +288,7 @@ async def test_only_runs_the_named_groups_and_the_handshake(tmp_path: Path) -> N
     async with Board(config=config):
         from hil.harness_cli import cmd_conformance
 
-        args = argparse.Namespace(port=str(tmp_path / "b.tty"), hil=str(tmp_path / "h.tty"),
+        args = argparse.Namespace(port=str(tmp_path / "b.tty"), hil=str(tmp_path / "h.tty"), bench=None,
                                   json=str(tmp_path / "r.json"), only="versions, watchdog")
         code = await asyncio.to_thread(cmd_conformance, args)
     results = json.loads((tmp_path / "r.json").read_text())
