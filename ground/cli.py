@@ -4,6 +4,7 @@ umbra-ground tail [--node ID] [--mqtt HOST:PORT] [--json] [--count N] [--timeout
 umbra-ground send NODE COMMAND [key=value ...] [--wait] [--mqtt HOST:PORT] [--key-file F]
 umbra-ground broker-files DIR --node ID [--node ID ...]
 umbra-ground serve | ingest | events | query | export   (ground/query.py, docs/ground.md)
+umbra-ground files list | get | put | keygen | serve      (ground/files_cli.py, ICD §5.9)
 """
 
 from __future__ import annotations
@@ -157,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ground-tls-port", type=int, default=8884, help="ground, TLS (default 8884)")
     b.set_defaults(func=_cmd_broker_files)
 
+    from ground.files_cli import add_subcommands as add_files
     from ground.query import add_subcommands  # serve, ingest, events, query, export
 
     add_subcommands(sub)
+    add_files(sub)
     return parser
 
 

@@ -130,7 +130,10 @@ def add_subcommands(sub: Any) -> None:
                    help="where the console listens (default 127.0.0.1:8080; port 0: any free)")
     _archive_arg(s)
     s.add_argument("--users", metavar="FILE", help="operators (TOML or JSON); default: demo users")
-    s.add_argument("--key-file", metavar="FILE", help="telecommand keys (as for `send`)")
+    s.add_argument("--key-file", metavar="FILE", help="telecommand keys (as for `send`); with them the "
+                   "console also runs the file service (ICD §5.9)")
+    s.add_argument("--files-dir", metavar="DIR", help="ground's file store (default: ground-files beside a "
+                   "SQLite archive, else var/ground-files)")
     s.add_argument("--shared", metavar="GROUP", help="ingest on an MQTT v5 shared subscription")
     s.add_argument("--no-ingest", action="store_true",
                    help="only serve: separate `umbra-ground ingest` workers fill the archive")
@@ -218,6 +221,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ingest=not args.no_ingest, shared=args.shared, demo_users=args.demo_users,
         secure_cookies=args.secure_cookies, allowed_origins=tuple(args.allowed_origin),
         mqtt_username=args.username, mqtt_password=mqtt_password(args), mqtt_tls_ca=args.tls_ca,
+        files_dir=args.files_dir,
     )
     try:
         await serve(config, announce=lambda text: print(text, flush=True))

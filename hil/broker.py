@@ -193,6 +193,8 @@ class Mosquitto:
             "per_listener_settings false",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
             f"persistence {'true' if self.persistence else 'false'}",
+            # as in production (ground/brokerfiles.py): no Nagle delay on small messages
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_dest stderr",  # also on stderr, where we watch for the ready line
         ]

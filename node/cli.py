@@ -18,14 +18,17 @@ from node.bus import signing
 from node.bus.client import BACKLOG_RATE, TelemetryBus
 from node.bus.commands import dictionary_hash
 from node.bus.outbox import Outbox
-from node.bus.payloads import Severity
+from node.bus.payloads import Event, Severity, clip_text
 from node.bus.processor import CommandProcessor, ControllerTarget
 from node.config import NodeConfig
 from node.control import law
 from node.controller import NodeController
 from node.errors import ConfigError, LinkError
+from node.files.bundle import BundleJob
+from node.files.service import FileService
 from node.gpu import make_board
 from node.jobs.errors import CheckpointError
+from node.jobs.model import Job
 from node.jobs.policy import IntervalEstimator
 from node.jobs.runner import ProcessJobRunner
 from node.jobs.store import AsyncCheckpointStore, CheckpointStore
@@ -157,9 +160,15 @@ async def run(
         outbox=outbox, dict_hash=dictionary_hash(), backlog_rate=backlog_rate,
         tls_context=ssl.create_default_context(cafile=config.mqtt.tls_ca) if config.mqtt.tls_ca else None,
     )
+    files = FileService(node_id=config.node_id, data_dir=Path(config.data_dir), config=config.files, key=key,
+                        store=store)
+    files.on_event = lambda kind, severity, text, data: bus.publish(Event(
+        node_id=config.node_id, seq=bus.next_seq(), utc=time.time(), t_board=0.0, kind=kind,
+        severity=int(severity), text=clip_text(text), data=data))
+    bus.files = files
     bus.processor = CommandProcessor(
         node_id=config.node_id, key=key, target=target, sink=bus,
-        path=Path(config.data_dir) / "commands.sqlite",
+        path=Path(config.data_dir) / "commands.sqlite", files=files,
     )
     board = make_board(gpu=config.gpu, link=config.link, node_id=config.node_id, platform=config.platform)
     async with (
@@ -183,7 +192,9 @@ async def run(
         target.bind(controller.commands)
         jobs = [j for j in config.jobs if j.is_process]
         async with contextlib.AsyncExitStack() as stack:
-            if jobs:
+            stack.callback(files.close)
+            # A node that takes bundles runs a job runner even with no jobs of its own yet.
+            if jobs or config.files.bundle_keys:
                 # Entered after the controller and left before it: jobs stop (with a final
                 # checkpoint) while the node can still report it.
                 interval_clock = controller.board_clock if config.checkpoints.clock == "board" else time.monotonic
@@ -199,8 +210,19 @@ async def run(
                     stop_timeout_s=config.checkpoints.stop_timeout_s,
                     checkpoint_timeout_s=config.checkpoints.checkpoint_timeout_s,
                     log_dir=Path(config.data_dir) / "job-logs",
+                    results_root=config.files.results(Path(config.data_dir)),
                 ))
+                files.start_job = lambda spec, where: _start_bundle_job(controller, spec, where)
             await _announce_and_wait(config, boot_id, key, stop)
+
+
+def _start_bundle_job(controller: NodeController, spec: BundleJob, where: Path) -> None:
+    """Run the job an installed bundle names, in the bundle's directory."""
+    runner = controller.process_jobs
+    if runner is None:
+        raise ValueError("this node runs no process jobs")
+    runner.add(Job(id=spec.id, command=spec.command, gpus=spec.gpus, priority=spec.priority, cwd=str(where),
+                   env=spec.env, max_checkpoint_bytes=spec.max_checkpoint_bytes))
 
 
 async def _announce_and_wait(config: NodeConfig, boot_id: str, key: bytes | None, stop: asyncio.Event) -> None:

@@ -49,6 +49,7 @@ from node.bus.payloads import NODE_ID_RE
 from node.control.law import ControlParams
 from node.errors import ConfigError
 from node.fdir import DEFAULT_MONITORS, MonitorSpec, monitors_from_mapping
+from node.files.config import FilesConfig
 from node.gpu.config import GpuConfig, PlatformProfile
 from node.jobs.manager import SimJobConfig
 from node.jobs.model import CheckpointConfig, Job, parse_jobs
@@ -145,6 +146,8 @@ class NodeConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     #: ``[[jobs]]``: the node's own jobs; those with a ``command`` run as processes.
     jobs: tuple[Job, ...] = ()
+    #: ``[files]``: the file service (downlinks, bundle uplinks; node/files/config.py).
+    files: FilesConfig = field(default_factory=FilesConfig)
 
     def __post_init__(self) -> None:
         policy_named(self.policy)  # ConfigError naming node.policy for an unknown one
@@ -169,7 +172,7 @@ class NodeConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, source: str = "<defaults>", **overrides: Any) -> Self:
-        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}, "sim_jobs": {}, "checkpoints": {}}
+        sections: dict[str, dict[str, Any]] = {"node": {}, "link": {}, "mqtt": {}, "control": {}, "fdir": {}, "gpu": {}, "platform": {}, "sim_jobs": {}, "checkpoints": {}, "files": {}}
         raw = dict(raw)
         jobs_raw = raw.pop("jobs", None)  # an array of tables, not a table
         for section, values in raw.items():
@@ -199,6 +202,7 @@ class NodeConfig:
                 platform=_build(PlatformProfile, "platform", sections["platform"], source),
                 sim_jobs=_build(SimJobConfig, "sim_jobs", sections["sim_jobs"], source),
                 checkpoints=CheckpointConfig.from_mapping(sections["checkpoints"], source=source),
+                files=FilesConfig.from_mapping(sections["files"], source=source),
                 jobs=parse_jobs(jobs_raw, source=source),
             )
         except ConfigError as exc:

@@ -109,6 +109,31 @@ async def test_node_reads_only_its_own_commands(secured) -> None:
     assert got == [topic("node-a", Leaf.TC)]
 
 
+async def test_file_topics_follow_the_same_rules(secured) -> None:
+    """A node writes its own file/tm and reads only its own file/tc; only ground writes file/tc."""
+    import asyncio
+
+    broker, users, _ = secured
+    assert await _delivered(broker, users, "node-a", topic("node-a", Leaf.FILE_TM))
+    assert not await _delivered(broker, users, "node-a", topic("node-b", Leaf.FILE_TM))
+    assert not await _delivered(broker, users, "node-a", topic("node-a", Leaf.FILE_TC))
+    assert not await _delivered(broker, users, "node-a", topic("node-b", Leaf.FILE_TC))
+    assert await _delivered(broker, users, "ground", topic("node-b", Leaf.FILE_TC))
+    async with client(broker, "node-a", users) as a:
+        await a.subscribe("umbra/v1/+/file/tc", qos=1)
+        async with client(broker, "ground", users) as g:
+            await g.publish(topic("node-b", Leaf.FILE_TC), b"for b", qos=1)
+            await g.publish(topic("node-a", Leaf.FILE_TC), b"for a", qos=1)
+        got = []
+        try:
+            async with asyncio.timeout(1.0):
+                async for m in a.messages:
+                    got.append(str(m.topic))
+        except TimeoutError:
+            pass
+    assert got == [topic("node-a", Leaf.FILE_TC)]
+
+
 async def test_tls_listener(secured) -> None:
     broker, users, out = secured
     ctx = ssl.create_default_context(cafile=str(out / "ca.crt"))

@@ -143,6 +143,8 @@ def test_topic_tree() -> None:
         Leaf.EVENT: "umbra/v1/n-1/tm/event",
         Leaf.TC: "umbra/v1/n-1/tc",
         Leaf.TC_REPORT: "umbra/v1/n-1/tc/report",
+        Leaf.FILE_TM: "umbra/v1/n-1/file/tm",
+        Leaf.FILE_TC: "umbra/v1/n-1/file/tc",
     }
 
 

@@ -28,12 +28,14 @@ import aiohttp
 from aiohttp import web
 
 from ground.archive import Archive
+from ground.files import DEFAULT_FILES_DIR, FileGround, FilesBusy
 from ground.ingest import FUTURE_SLACK_S, Ingestor
 from ground.jsonsafe import dumps
 from ground.limits import describe as describe_limits
 from ground.web.auth import LoginRefused, Sessions, User, demo_users, load_users
 from node.bus.commands import BY_NAME, dictionary, dictionary_hash, validate
 from node.errors import CommandRejected, ConfigError, LocalProtocolError
+from node.files.store import TransferDb
 
 log = logging.getLogger("umbra.ground.web")
 
@@ -94,9 +96,22 @@ class ConsoleConfig:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls_ca: str | None = None
+    #: Ground's file store (ground/files.py); the console runs the file service there when it
+    #: has telecommand keys (None: var/ground-files).
+    files_dir: str | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=self.mqtt_tls_ca) if self.mqtt_tls_ca else None
+
+
+def files_dir_for(config: ConsoleConfig) -> Path:
+    """Where the console's file service keeps files: as configured, else beside a SQLite
+    archive, else var/ground-files."""
+    if config.files_dir:
+        return Path(config.files_dir)
+    if config.archive and "://" not in config.archive:
+        return Path(config.archive).parent / "ground-files"
+    return DEFAULT_FILES_DIR
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -120,6 +135,8 @@ class Console:
         self.sessions = Sessions(self.users)
         self.archive = Archive(config.archive, worker="console")
         self.ingestor: Ingestor | None = None
+        self.files: FileGround | None = None
+        self.files_dir = files_dir_for(config)
         self.ground_hash = dictionary_hash()
         self._runner: web.AppRunner | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -140,6 +157,8 @@ class Console:
                     shared=self.config.shared, username=self.config.mqtt_username,
                     password=self.config.mqtt_password, tls_context=self.config.tls_context(),
                 ))
+            if self.config.key_file:
+                await self._start_files()
             self._runner = web.AppRunner(self.make_app(), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
@@ -157,6 +176,20 @@ class Console:
         tb: TracebackType | None,
     ) -> None:
         await self._close()
+
+    async def _start_files(self) -> None:
+        """The file service on ``files_dir``, unless another process runs it there already
+        (then the console only shows what that one does)."""
+        from node.bus.signing import load_keys
+
+        assert self.config.key_file is not None
+        files = FileGround(self.files_dir, host=self.config.mqtt_host, port=self.config.mqtt_port,
+                           keys=load_keys(Path(self.config.key_file)), username=self.config.mqtt_username,
+                           password=self.config.mqtt_password, tls_context=self.config.tls_context())
+        try:
+            self.files = await self._stack.enter_async_context(files)
+        except FilesBusy as exc:
+            log.warning("%s: showing its transfers without running it", exc)
 
     async def _close(self) -> None:
         for task in list(self._send_tasks):
@@ -184,6 +217,8 @@ class Console:
         r.add_get("/api/node/{node}/events", self.api_events)
         r.add_get("/api/node/{node}/commands", self.api_commands)
         r.add_get("/api/node/{node}/catalogue", self.api_catalogue)
+        r.add_get("/api/node/{node}/files", self.api_files)
+        r.add_get("/api/files/{xfer}/data", self.api_file_data)
         r.add_post("/api/node/{node}/commands", self.api_send)
         r.add_get("/api/alarms", self.api_alarms)
         r.add_post("/api/alarms/ack", self.api_ack)
@@ -359,7 +394,11 @@ node's birth and death messages; last contact is the last packet received.</p>
 <h3>Checkpoint catalogue <button type="button" id="catalogue-refresh"{'' if user.can_command else ' disabled'}>Ask the node</button></h3>
 <p class="muted small" id="catalogue-when">The node's answer to <code>job_catalogue</code>, as last received.</p>
 <table class="grid" id="catalogue"><thead><tr><th>Job</th><th>Seq</th><th>Size</th><th>Progress</th>
-<th>Age</th><th>Hash</th></tr></thead><tbody></tbody></table></div>
+<th>Age</th><th>Hash</th><th></th></tr></thead><tbody></tbody></table>
+<h3>Files</h3><p class="muted small" id="files-note">Transfers to and from this node (ICD §5.9); a checkpoint's
+<b>down</b> button asks the node for it.</p>
+<table class="grid" id="files"><thead><tr><th>Started</th><th>Dir</th><th>Name</th><th>Size</th>
+<th>Progress</th><th>State</th></tr></thead><tbody></tbody></table></div>
 <div class="card"><h2>Commanding</h2>{can}
 <form id="command-form" autocomplete="off" novalidate><label>Command <select id="cmd-name"></select></label>
 <p id="cmd-description" class="muted small"></p><div id="cmd-args"></div>
@@ -493,6 +532,50 @@ in the green. Limits: <span id="limits"></span></p>
             return _json({"utc": None, "jobs": [], "truncated": False})
         return _json({"utc": row["utc"], "jobs": row["data"].get("jobs", []),
                       "truncated": bool(row["data"].get("truncated"))})
+
+    def _transfers(self, node: str) -> list[dict[str, Any]]:
+        path = self.files_dir / "transfers.sqlite"
+        if not path.exists():
+            return []
+        db = TransferDb(path)
+        try:
+            return [r.to_dict() for r in db.recent(50, node)]
+        finally:
+            db.close()
+
+    async def api_files(self, request: web.Request) -> web.Response:
+        """The node's file transfers, newest first, with their progress (ICD §5.9)."""
+        rows = await asyncio.to_thread(self._transfers, request.match_info["node"])
+        for r in rows:
+            r["download"] = f"/api/files/{r['xfer']}/data" if r["state"] == "done" and r["final_path"] else ""
+            r.pop("final_path", None)
+        return _json({"service": self.files is not None, "transfers": rows})
+
+    def _received_file(self, xfer: str) -> Path | None:
+        """The stored file of a finished downlink, if it is in the file store."""
+        path = self.files_dir / "transfers.sqlite"
+        if not path.exists():
+            return None
+        db = TransferDb(path)
+        try:
+            row = db.get(xfer)
+        finally:
+            db.close()
+        if row is None or row.state != "done" or not row.final_path:
+            return None
+        final = Path(row.final_path).resolve()
+        if not final.is_relative_to(self.files_dir.resolve()) or not final.is_file():
+            return None
+        return final
+
+    async def api_file_data(self, request: web.Request) -> web.StreamResponse:
+        """A received file, for download (only files the service stored under its directory)."""
+        xfer = request.match_info["xfer"]
+        final = await asyncio.to_thread(self._received_file, xfer)
+        if final is None:
+            return _json({"error": f"no received file {xfer!r} in ground's file store"}, 404)
+        return web.FileResponse(final, headers={
+            "Content-Disposition": f'attachment; filename="{final.name}"', "Content-Type": "application/octet-stream"})
 
     async def api_alarms(self, request: web.Request) -> web.Response:
         rows = await asyncio.to_thread(

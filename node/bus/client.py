@@ -12,7 +12,9 @@ second, while packets made since the connection came up (*live*) go out at once.
 ``window`` publishes are in flight at a time.
 
 With a :class:`~node.bus.processor.CommandProcessor` the bus also subscribes to the
-node's ``tc`` topic, hands each message to it and runs its schedule.
+node's ``tc`` topic, hands each message to it and runs its schedule.  With a
+:class:`~node.files.service.FileService` it subscribes to ``file/tc`` too and runs the
+file service's sender on the same connection (one connection per node, ICD §5.8).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import math
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from node.bus.outbox import Outbox, Row
 from node.bus.payloads import Event, Housekeeping, Leaf, NodeState, Severity, TcReport, topic
 from node.bus.processor import CommandProcessor
 from node.config import MqttConfig
+from node.files.service import FileService
 
 log = logging.getLogger("umbra.node.bus")
 
@@ -76,6 +80,16 @@ class _Lost(Exception):
     pass
 
 
+def no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once (TCP_NODELAY): paho leaves Nagle's algorithm on, and a small
+    publish behind an unacknowledged one waits for the broker's delayed ACK, 40 ms on Linux
+    (a file service answer, a PUBACK, a housekeeping packet during a transfer)."""
+    with contextlib.suppress(AttributeError, OSError):
+        sock: Any = client._client.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class TelemetryBus:
     def __init__(
         self,
@@ -86,6 +100,7 @@ class TelemetryBus:
         version: str,
         outbox: Outbox | None = None,
         processor: CommandProcessor | None = None,
+        files: FileService | None = None,
         dict_hash: str = "",
         backlog_rate: float = BACKLOG_RATE,
         window: int = WINDOW,
@@ -100,6 +115,7 @@ class TelemetryBus:
         self._clock = clock
         self.outbox = outbox if outbox is not None else Outbox(":memory:", limit=config.queue_limit)
         self.processor = processor
+        self.files = files
         self._backlog_rate = backlog_rate
         self._window = window
         self._tls = tls_context
@@ -220,6 +236,7 @@ class TelemetryBus:
             self._lost = None
             try:
                 async with self._client() as client:
+                    no_delay(client)
                     self._connected = True
                     self.counters["connects"] += 1
                     delays = backoff_delays()
@@ -229,17 +246,21 @@ class TelemetryBus:
                     await client.publish(
                         topic(self._node_id, Leaf.STATE), self._state(True).to_wire(), qos=1, retain=True
                     )
-                    receiver = None
+                    helpers: list[asyncio.Task[None]] = []
                     if self.processor is not None:
                         await client.subscribe(topic(self._node_id, Leaf.TC), qos=1)
-                        receiver = asyncio.create_task(self._receive(client), name="umbra.node.tc")
+                    if self.files is not None:
+                        await client.subscribe(topic(self._node_id, Leaf.FILE_TC), qos=1)
+                        helpers.append(asyncio.create_task(self._files(client), name="umbra.node.files"))
+                    if self.processor is not None or self.files is not None:
+                        helpers.append(asyncio.create_task(self._receive(client), name="umbra.node.tc"))
                     try:
                         await self._send(client, live_from=self.outbox.peek_seq())
                     finally:
-                        if receiver is not None:
-                            receiver.cancel()
+                        for helper in helpers:
+                            helper.cancel()
                             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                                await receiver
+                                await helper
                     # Stopping: say goodbye ourselves (the broker sends the Will only on a crash).
                     await client.publish(
                         topic(self._node_id, Leaf.STATE), self._state(False).to_wire(), qos=1, retain=True
@@ -263,13 +284,32 @@ class TelemetryBus:
                 self._connected = False
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        assert self.processor is not None
+        file_tc = topic(self._node_id, Leaf.FILE_TC)
         try:
             async for message in client.messages:
-                self.counters["commands"] += 1
                 payload: Any = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload or "").encode()
-                self.processor.handle(data)
+                if message.topic.value == file_tc:
+                    if self.files is not None:
+                        self.files.handle(data)
+                    continue
+                self.counters["commands"] += 1
+                if self.processor is not None:
+                    self.processor.handle(data)
+        except aiomqtt.MqttError as exc:
+            self._lost = exc
+            self._ready.set()
+
+    async def _files(self, client: aiomqtt.Client) -> None:
+        """The file service's sender on this connection (ICD §5.9)."""
+        assert self.files is not None
+        file_tm = topic(self._node_id, Leaf.FILE_TM)
+
+        async def publish(body: bytes) -> None:
+            await client.publish(file_tm, body, qos=1)
+
+        try:
+            await self.files.run(publish)
         except aiomqtt.MqttError as exc:
             self._lost = exc
             self._ready.set()

@@ -186,6 +186,21 @@ COMMANDS: tuple[CommandDef, ...] = (
         (Arg("job", "str", "only this job", required=False),),
     ),
     CommandDef("reboot_board", "Reboot the dev board (RESET_BOARD): unsaved work is lost.", ()),
+    CommandDef(
+        "file_downlink",
+        "Send a file to ground (ICD §5.9): a job's checkpoint (seq; 0 the newest) or, with path, one of "
+        "its result files. Completed report: the transfer id (xfer), name and size.",
+        (_JOB, Arg("seq", "int", "checkpoint seq (0 or none: the newest)", lo=0, hi=2**31 - 1, required=False),
+         Arg("path", "str", "a result file, relative to the job's results directory", required=False),
+         Arg("priority", "int", "higher goes first (default 5)", lo=0, hi=9, required=False)),
+    ),
+    CommandDef("file_cancel", "Cancel a file transfer.", (Arg("xfer", "str", "transfer id"),)),
+    CommandDef("file_list", "Completed report lists the file transfers: active and the last ended.", ()),
+    CommandDef(
+        "bundle_run",
+        "Start the job an installed bundle names in its umbra-job.toml.",
+        (Arg("bundle", "str", "bundle name (its file name without .tar…)"),),
+    ),
     CommandDef("schedule_list", "Completed report lists the time-tagged commands waiting.",
                internal=True),
     CommandDef(

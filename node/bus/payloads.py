@@ -29,6 +29,9 @@ class Leaf(enum.StrEnum):
     EVENT = "tm/event"
     TC = "tc"
     TC_REPORT = "tc/report"
+    #: The file service (ICD §5.9): PDUs node → ground, and envelopes ground → node.
+    FILE_TM = "file/tm"
+    FILE_TC = "file/tc"
 
 
 def check_node_id(node_id: str) -> str:

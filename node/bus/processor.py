@@ -99,6 +99,16 @@ class CommandTarget(Protocol):
     def reboot_board(self) -> None: ...
 
 
+class FileTarget(Protocol):
+    """The file service's side of the file commands (node/files/service.py)."""
+
+    def downlink_checkpoint(self, job: str, seq: int, priority: int) -> dict[str, Any]: ...
+    def downlink_result(self, job: str, path: str, priority: int) -> dict[str, Any]: ...
+    def cancel(self, xfer: str) -> None: ...
+    def listing(self) -> list[dict[str, Any]]: ...
+    def run_bundle(self, name: str) -> dict[str, Any]: ...
+
+
 class ReportSink(Protocol):
     def publish(self, payload: Housekeeping | Event | TcReport) -> None: ...
     def next_seq(self) -> int: ...
@@ -318,10 +328,13 @@ class CommandProcessor:
         schedule_limit: int = SCHEDULE_LIMIT,
         reject_burst: int = REJECT_BURST,
         duplicate_answers: int = DUPLICATE_ANSWERS,
+        files: FileTarget | None = None,
     ) -> None:
         self.node_id = node_id
         self._key = key
         self._target = target
+        #: The file service, for file_* and bundle_run (None: those are UNSUPPORTED).
+        self.files = files
         self._sink = sink
         self._clock = clock
         self._schedule_limit = schedule_limit
@@ -479,6 +492,24 @@ class CommandProcessor:
 
     # -- execution ------------------------------------------------------------------------
 
+    def _file_command(self, name: str, a: dict[str, Any]) -> dict[str, Any]:
+        files = self.files
+        if files is None:
+            raise _unsupported("the file service")
+        match name:
+            case "file_downlink":
+                priority = 5 if a.get("priority") is None else a["priority"]
+                if a.get("path"):
+                    return files.downlink_result(a["job"], a["path"], priority)
+                return files.downlink_checkpoint(a["job"], a.get("seq") or 0, priority)
+            case "file_cancel":
+                files.cancel(a["xfer"])
+                return {}
+            case "file_list":
+                return {"transfers": files.listing()}
+            case _:
+                return files.run_bundle(a["bundle"])
+
     def _execute(self, cid: str, counter: int, cmd: CommandDef, args: dict[str, Any]) -> None:
         self._db.execute("UPDATE commands SET state = 'started' WHERE id = ?", (cid,))
         try:
@@ -533,6 +564,8 @@ class CommandProcessor:
                 return {"jobs": jobs, "truncated": any(j.get("truncated") for j in jobs)}
             case "reboot_board":
                 t.reboot_board()
+            case "file_downlink" | "file_cancel" | "file_list" | "bundle_run":
+                return self._file_command(cmd.name, a)
             case "schedule_list":
                 return {"schedule": self.schedule_list()}
             case "schedule_delete":

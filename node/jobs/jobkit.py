@@ -128,6 +128,14 @@ class Checkpointer:
         self._say(f"DONE {float(progress)!r}")
 
 
+def results_dir() -> Path:
+    """Where this job puts result files ground may ask for (``$UMBRA_RESULTS_DIR`` under a
+    node, docs/jobs.md; ``./results`` without one)."""
+    path = Path(os.environ.get("UMBRA_RESULTS_DIR", "results"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_result(path: Path | None, text: str) -> None:
     """Print a job's answer and, when ``path`` is given, write it there atomically too
     (a run killed while writing leaves the previous file, never half of this one)."""

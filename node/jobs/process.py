@@ -7,7 +7,9 @@ The node starts the job's command with, in its environment:
 ``UMBRA_RESTORE_FROM``    path of the verified checkpoint to resume from ("" for a fresh start);
 ``UMBRA_RESTORE_PROGRESS`` that checkpoint's progress ("" for a fresh start);
 ``UMBRA_CONTROL_FD``      a pipe's write end; the job writes one ASCII line per message;
-``UMBRA_PROTOCOL``        ``1``.
+``UMBRA_PROTOCOL``        ``1``;
+``UMBRA_RESULTS_DIR``     where its result files go (ground downlinks them, ICD §5.9), when the
+                          node has a results directory.
 
 Job → node lines: ``READY`` (signal handlers installed, restore read), ``PROGRESS <p>``,
 ``CHECKPOINT <name> <p>`` (a file in the staging directory, complete and fsynced; the node

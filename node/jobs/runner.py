@@ -138,8 +138,12 @@ class ProcessJobRunner:
         backoff_s: float = BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
         log_dir: Path | None = None,
+        results_root: Path | None = None,
     ) -> None:
         self._jobs = [j for j in jobs if j.is_process]
+        #: Each job's results go in ``<results_root>/<job>`` (``$UMBRA_RESULTS_DIR``), whence
+        #: ground can ask for them (``file_downlink`` with a path, ICD §5.9).
+        self._results_root = results_root
         self._store = store
         self._staging_root = Path(staging_root)
         self.run_dir = Path(run_dir)
@@ -198,6 +202,10 @@ class ProcessJobRunner:
         devices = ",".join(str(g) for g in job.gpus)
         env = {**os.environ, **dict(job.env), "CUDA_VISIBLE_DEVICES": devices,
                "NVIDIA_VISIBLE_DEVICES": devices or "void"}
+        if self._results_root is not None:
+            results = self._results_root / job.id
+            results.mkdir(parents=True, exist_ok=True)
+            env["UMBRA_RESULTS_DIR"] = str(results)
         out: Any = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +219,19 @@ class ProcessJobRunner:
         )
 
     # -- what ground and the controller ask ----------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Run one more job (from an uplinked bundle); ValueError when its id is taken."""
+        if not job.is_process:
+            raise ValueError(f"job {job.id} has no command")
+        if job.id in self._slots:
+            raise ValueError(f"job {job.id} exists already")
+        if self._tg is None or self._closing:
+            raise ValueError("the job runner is not running")
+        self._jobs.append(job)
+        self._slots[job.id] = _Slot(self._process_job(job), wanted="run" if job.autostart else "held")
+        self._tasks.append(self._tg.create_task(self._supervise(job.id), name=f"umbra.job.{job.id}"))
+        self.estimator.resume()
 
     def has(self, job_id: str) -> bool:
         return job_id in self._slots

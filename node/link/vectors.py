@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 from cobs import cobs
 
+from node.files.vectors import build as files_vectors
 from node.link.codec import DELIMITER, MAX_BODY, MAX_ENCODED, encode_frame, frame_from_body
 from node.link.messages import (
     MESSAGE_TYPES,
@@ -724,6 +725,8 @@ def build() -> dict[str, Any]:
             }
             for v in _streams()
         ],
+        # The MQTT file service (ICD §5.9): PDUs, the envelope, a bundle signature.
+        "files": files_vectors(),
     }
 
 

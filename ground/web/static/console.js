@@ -184,6 +184,7 @@ function nodePage() {
   evQ.addEventListener("input", events);
   every(1000, () => commandHistory(node));
   every(2000, () => catalogue(node));
+  every(1000, () => files(node));
   document.getElementById("catalogue-refresh").addEventListener("click", async () => {
     try {
       await api(`/api/node/${encodeURIComponent(node)}/commands`, {
@@ -269,14 +270,46 @@ async function catalogue(node) {
     tbody.replaceChildren();
     return;
   }
+  const canCommand = document.body.dataset.role !== "viewer";
   const rows = data.jobs.flatMap(j => j.checkpoints.length ? j.checkpoints.map(c => el("tr", {},
     el("td", {}, j.job), el("td", {}, c.seq), el("td", {}, bytes(c.size)), el("td", {}, c.progress.toFixed(1)),
     el("td", {}, age(c.age_s + (Date.now() / 1000 - data.utc))),
-    el("td", { title: c.digest }, `${c.hash} ${c.digest.slice(0, 12)}…`)))
-    : [el("tr", {}, el("td", {}, j.job), el("td", { colspan: 5, class: "muted" }, "no checkpoints"))]);
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "the node keeps no checkpoints")));
+    el("td", { title: c.digest }, `${c.hash} ${c.digest.slice(0, 12)}…`),
+    el("td", {}, canCommand ? el("button", {
+      type: "button", class: "downlink", title: "file_downlink: send this checkpoint to ground",
+      onclick: () => downlink(node, j.job, c.seq),
+    }, "down") : "")))
+    : [el("tr", {}, el("td", {}, j.job), el("td", { colspan: 6, class: "muted" }, "no checkpoints"))]);
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "the node keeps no checkpoints")));
   tbody.replaceChildren(...rows);
   when.textContent = `As the node reported it at ${utc(data.utc)} UTC${data.truncated ? " (truncated: the newest only)" : ""}.`;
+}
+
+async function downlink(node, job, seq) {
+  const note = document.getElementById("files-note");
+  try {
+    await api(`/api/node/${encodeURIComponent(node)}/commands`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: "file_downlink", args: { job, seq } }),
+    });
+    note.textContent = `Asked the node for ${job} checkpoint ${seq}.`;
+  } catch (e) { note.textContent = `not sent: ${e.message}`; }
+}
+
+// File transfers (ICD §5.9): progress of each, a link to what arrived.
+async function files(node) {
+  const data = await api(`/api/node/${encodeURIComponent(node)}/files`);
+  const tbody = document.querySelector("#files tbody");
+  const rows = data.transfers.map(t => el("tr", { "data-xfer": t.xfer, class: `xfer ${t.state}` },
+    el("td", {}, utc(t.created)), el("td", {}, t.direction === "down" ? "↓ down" : "↑ up"),
+    el("td", { title: `${t.xfer} ${t.hash} ${t.digest}` }, t.download ? el("a", { href: t.download }, t.name) : t.name),
+    el("td", {}, bytes(t.size)),
+    el("td", {}, el("progress", { max: 1, value: t.fraction }), ` ${(100 * t.fraction).toFixed(0)} %`),
+    el("td", { title: t.text || "" }, t.state + (t.reason ? ` (${t.reason})` : "")
+      + (t.bytes_resent ? `, ${bytes(t.bytes_resent)} sent again` : ""))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted" },
+    data.service ? "no transfers yet" : "no transfers yet (the file service runs where the console has telecommand keys)")));
+  tbody.replaceChildren(...rows);
 }
 
 async function commandHistory(node) {
