@@ -161,3 +161,29 @@ async def test_checkpoint_of_a_job_that_dies_raises(tmp_path: Path, store: Async
         await pj.start()
         with pytest.raises(JobProtocolError):
             await pj.checkpoint(timeout=5)
+
+
+@pytest.mark.parametrize("jobkit", [True, False], ids=["jobkit", "bare"])
+async def test_a_checkpoint_request_that_crosses_done_does_not_make_a_crash(tmp_path: Path,
+                                                                           store: AsyncCheckpointStore,
+                                                                           jobkit: bool) -> None:
+    """A job that said DONE is exiting: the node asks for nothing more, and a request already on
+    its way (SIGUSR1, whose default action kills) neither kills a jobkit job (it ignores the
+    signal from DONE on) nor turns a job killed by it into a crash."""
+    if jobkit:
+        script = ("import time\nfrom node.jobs.jobkit import Checkpointer\nc = Checkpointer()\nc.ready()\n"
+                  "c.done(1.0)\ntime.sleep(1.0)\n")
+    else:
+        script = ("import os, time\nfd = int(os.environ['UMBRA_CONTROL_FD'])\n"
+                  "os.write(fd, b'READY\\nDONE 1.0\\n')\ntime.sleep(1.0)\n")
+    events: list[ProcessEvent] = []
+    job = Job(id="finisher", command=(sys.executable, "-c", script))
+    async with ProcessJob(job, store=store, staging_root=tmp_path / "st", on_event=events.append) as pj:
+        await pj.start()
+        await _until(lambda: pj.said_done)
+        with pytest.raises(JobProtocolError, match="has finished"):
+            await pj.checkpoint(timeout=5)  # not asked: nothing is signalled
+        pj._signal(__import__("signal").SIGUSR1)  # a request sent just before DONE arrived
+        code = await pj.wait()
+        assert code == (0 if jobkit else -10)
+        assert pj.job.state is JobState.FINISHED

@@ -37,7 +37,7 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, kind: str, severity: int, text: str, data: dict[str, Any]) -> None:
-        self.seen.append((kind, data))
+        self.seen.append((kind, {**data, "text": text}))
 
     def kinds(self) -> list[str]:
         return [k for k, _ in self.seen]

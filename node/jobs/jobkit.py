@@ -125,6 +125,11 @@ class Checkpointer:
         return True
 
     def done(self, progress: float) -> None:
+        if self._fd is not None:
+            # A checkpoint asked for now is moot; and as Python exits it puts back the default
+            # action of the signals it handled (termination), so a request arriving then would
+            # kill a job that had finished.  Ignored signals stay ignored.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self._say(f"DONE {float(progress)!r}")
 
 

@@ -351,7 +351,9 @@ class ProcessJob:
                 fut.set_exception(exc)
 
     def _exited(self, returncode: int) -> None:
-        if self._done and returncode == 0:
+        if self._done and returncode in (0, -signal.SIGUSR1):
+            # DONE said: a checkpoint request that crossed it may have found the job exiting
+            # (the default action of SIGUSR1 is to terminate): finished all the same.
             self._fire(JobEvent.FINISH, "done")
         elif self._stopping:
             self._fire(JobEvent.PAUSE, "stopped" if returncode == 0 else f"stopped (exit {returncode})")
@@ -384,10 +386,17 @@ class ProcessJob:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signum)
 
+    @property
+    def said_done(self) -> bool:
+        """The job said DONE: it is on its way out, nothing more to checkpoint."""
+        return self._done
+
     async def checkpoint(self, *, timeout: float | None = None) -> CheckpointInfo:
         """Ask for a checkpoint (SIGUSR1) and wait until it is committed in the store."""
         if not self.running:
             raise JobProtocolError(f"job {self._job.id} is not running", job_id=self._job.id)
+        if self._done:
+            raise JobProtocolError(f"job {self._job.id} has finished", job_id=self._job.id)
         await self._wait_ready()
         fut: asyncio.Future[CheckpointInfo] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)

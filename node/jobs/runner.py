@@ -446,7 +446,8 @@ class ProcessJobRunner:
                 left = self._due_after(slot.job.job.id) - (self._clock() - slot.last_checkpoint_at)
                 slot.wake.clear()
                 woke = asyncio.ensure_future(slot.wake.wait())
-                await asyncio.wait({exited, woke}, timeout=max(left, 0.0),
+                # A job that said DONE is only waited for: nothing more to checkpoint.
+                await asyncio.wait({exited, woke}, timeout=None if slot.job.said_done else max(left, 0.0),
                                    return_when=asyncio.FIRST_COMPLETED)
                 woke.cancel()
                 if exited.done():
@@ -454,7 +455,7 @@ class ProcessJobRunner:
                 if self._closing or slot.wanted in ("pause", "cancel", "power"):
                     return await slot.job.stop()
                 due = self._clock() - slot.last_checkpoint_at >= self._due_after(slot.job.job.id)
-                if slot.checkpoint_now or due:
+                if (slot.checkpoint_now or due) and not slot.job.said_done:
                     slot.checkpoint_now = False
                     slot.last_checkpoint_at = slot.requested_at = self._clock()  # a failed one is not retried at once
                     try:
