@@ -10,7 +10,7 @@ SRC = node ground hil firmware_sim
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo mosquitto ground-deps firmware-deps firmware labgrid test check bench clean
+.PHONY: help install demo mosquitto ground-deps firmware-deps firmware labgrid openmct test check bench clean
 
 # Playwright drives Debian's chromium (ground-deps); it must never fetch a browser itself.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -25,6 +25,7 @@ help:
 	@echo "make ground-deps make sure chromium and postgresql (ground tests) are installed"
 	@echo "make firmware    build the C board firmware (QEMU mps2-an385, NUCLEO-F401RE, host)"
 	@echo "make labgrid     install labgrid (in $(LABGRID_VENV)) and ser2net, for benches on labgrid places"
+	@echo "make openmct     install NASA Open MCT (npm, pinned) for the console's /openmct"
 	@echo "make clean       remove caches (keeps $(VENV))"
 
 # The stamp is newer than pyproject.toml once its dependencies are installed.
@@ -41,6 +42,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	@$(MAKE) --no-print-directory openmct || echo "(Open MCT not installed: the console's /openmct page says how)"
 	$(VENV)/bin/umbra-hil demo $(ARGS)
 
 # Tests start their own mosquitto on a free port; they only need the binary.  If the
@@ -117,13 +119,30 @@ labgrid: $(LABGRID_VENV)/.installed
 		exit 1; \
 	fi
 
+# NASA Open MCT for the ground console (ground/web/openmct.py): the npm package pinned by
+# ground/web/openmct/package-lock.json, installed beside the console, never fetched at run time.
+OPENMCT_DIR = ground/web/openmct
+$(OPENMCT_DIR)/node_modules/openmct/dist/openmct.js: $(OPENMCT_DIR)/package.json $(OPENMCT_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "npm: installing Debian's nodejs and npm"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; \
+		else \
+			echo "npm is not installed; run: sudo apt-get install nodejs npm" >&2; exit 1; \
+		fi; \
+	fi
+	cd $(OPENMCT_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+openmct: $(OPENMCT_DIR)/node_modules/openmct/dist/openmct.js
+
 firmware: firmware-deps
 	$(MAKE) -C firmware all
 	$(MAKE) -C firmware size
 
 # Second pass: the numba kernels again with the JIT off, so coverage sees inside them.
 # pytest exits 5 when nothing is collected, which only means no `kernels` tests yet.
-test: $(VENV)/.installed mosquitto ground-deps firmware labgrid
+test: $(VENV)/.installed mosquitto ground-deps firmware labgrid openmct
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	@rc=0; NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q $(PYTEST_ARGS) -m kernels || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests marked 'kernels': NUMBA_DISABLE_JIT pass skipped"; rc=0; fi; \

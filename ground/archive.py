@@ -145,6 +145,25 @@ class StoreResult:
     gap_nodes: set[str] = field(default_factory=set)
 
 
+def parse_channel(channel: str) -> tuple[str, int | None]:
+    """``battery_soc`` → (battery_soc, None); ``temp_c[2]`` → (temp_c, 2); ValueError naming
+    the channels there are."""
+    name, _, rest = channel.partition("[")
+    index = None
+    if rest:
+        if not rest.endswith("]") or not rest[:-1].isdigit() or int(rest[:-1]) > 63:
+            raise ValueError(f"channel {channel!r}: write GPU channels as NAME[INDEX], INDEX 0-63")
+        index = int(rest[:-1])
+    if name not in HK_SCALARS + HK_ARRAYS:
+        known = ", ".join(HK_SCALARS) + ", " + ", ".join(f"{a}[i]" for a in HK_ARRAYS)
+        raise ValueError(f"unknown channel {channel!r}; known: {known}")
+    if name in HK_ARRAYS and index is None:
+        raise ValueError(f"channel {name!r} is per GPU: write {name}[INDEX]")
+    if name in HK_SCALARS and index is not None:
+        raise ValueError(f"channel {name!r} is not per GPU")
+    return name, index
+
+
 def _is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -569,21 +588,47 @@ class Archive:
                           (node,) if node else ())
         return int(rows[0]["n"])
 
+    def _channel_sql(self, channel: str) -> str:
+        """The SQL expression of one channel: a column, or one element of a GPU array column
+        (kept as JSON text: ``json_extract`` on SQLite, ``jsonb ->>`` on PostgreSQL)."""
+        name, index = parse_channel(channel)
+        if index is None:
+            return name
+        if self.postgres:
+            return f"(({name})::jsonb ->> {index})::double precision"
+        return f"json_extract({name}, '$[{index}]')"
+
+    def series(self, channel: str, node: str, since: float, until: float,
+               points: int = 1000) -> list[tuple[float, float | None]]:
+        """(utc, value) of one numeric channel in the window, in time order, for a plot.
+
+        A window with more samples than ``points`` comes back as ``points`` buckets of min and
+        max (each bucket's minimum at its first sample's time, its maximum at its last's), so a
+        week of 1 Hz plots from 2·points values that keep every spike; the bucketing runs in
+        SQL, over the (node, utc) index."""
+        expr = self._channel_sql(channel)
+        step = max((until - since) / max(points, 1), 1e-9)
+        bucket = "FLOOR((utc - ?) / ?)" if self.postgres else "CAST((utc - ?) / ? AS INTEGER)"
+        rows = self._rows(
+            f"SELECT COUNT(*) AS n, MIN(utc) AS t0, MAX(utc) AS t1, MIN(v) AS lo, MAX(v) AS hi FROM "
+            f"(SELECT utc, {expr} AS v FROM hk WHERE node = ? AND utc >= ? AND utc <= ?) s "
+            f"GROUP BY {bucket} ORDER BY MIN(utc)",
+            (node, since, until, since, step))
+        out: list[tuple[float, float | None]] = []
+        for r in rows:
+            lo = None if r["lo"] is None else float(r["lo"])
+            hi = None if r["hi"] is None else float(r["hi"])
+            if r["n"] == 1 or r["t0"] == r["t1"]:
+                out.append((float(r["t0"]), lo))
+            else:
+                out += [(float(r["t0"]), lo), (float(r["t1"]), hi)]
+        return out
+
     def query(self, channel: str, node: str, since: float | None = None,
               until: float | None = None) -> list[tuple[float, int, float | None]]:
         """(utc, seq, value) of one housekeeping channel: a scalar (``battery_soc``) or one
         element of a GPU array (``temp_c[2]``)."""
-        name, _, rest = channel.partition("[")
-        index = None
-        if rest:
-            if not rest.endswith("]") or not rest[:-1].isdigit():
-                raise ValueError(f"channel {channel!r}: write GPU channels as NAME[INDEX]")
-            index = int(rest[:-1])
-        if name not in HK_SCALARS + HK_ARRAYS:
-            known = ", ".join(HK_SCALARS) + ", " + ", ".join(f"{a}[i]" for a in HK_ARRAYS)
-            raise ValueError(f"unknown channel {channel!r}; known: {known}")
-        if name in HK_ARRAYS and index is None:
-            raise ValueError(f"channel {name!r} is per GPU: write {name}[INDEX]")
+        name, index = parse_channel(channel)
         out: list[tuple[float, int, float | None]] = []
         for r in self.iter_hk(node, since, until, columns=(name,)):  # only the one column
             if index is None:

@@ -5,6 +5,7 @@ umbra-ground send NODE COMMAND [key=value ...] [--wait] [--mqtt HOST:PORT] [--ke
 umbra-ground broker-files DIR --node ID [--node ID ...]
 umbra-ground serve | ingest | events | query | export   (ground/query.py, docs/ground.md)
 umbra-ground files list | get | put | keygen | serve      (ground/files_cli.py, ICD §5.9)
+umbra-ground dictionary --format xtce|json [--gpus N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -158,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ground-tls-port", type=int, default=8884, help="ground, TLS (default 8884)")
     b.set_defaults(func=_cmd_broker_files)
 
+    d = sub.add_parser(
+        "dictionary",
+        help="the telemetry and command dictionary as XTCE 1.2 or JSON, for other tools",
+        description="Write the one dictionary (housekeeping channels with units, ranges, limits and "
+        "enumerations; commands with typed, ranged arguments; the dictionary hash) as XTCE 1.2 "
+        "(Yamcs, OpenC3/COSMOS, …) or as JSON (docs/ground.md).",
+    )
+    d.add_argument("--format", choices=("xtce", "json"), default="xtce")
+    d.add_argument("--gpus", type=_positive_int, default=8, metavar="N",
+                   help="XTCE: per-GPU channels for N GPUs (default 8)")
+    d.add_argument("--out", metavar="FILE", help="write here instead of to stdout")
+    d.set_defaults(func=_cmd_dictionary)
+
     from ground.files_cli import add_subcommands as add_files
     from ground.query import add_subcommands  # serve, ingest, events, query, export
 
@@ -279,6 +293,17 @@ async def _send(args: argparse.Namespace) -> int:
 
 def _cmd_send(args: argparse.Namespace) -> int:
     return asyncio.run(_send(args))
+
+
+def _cmd_dictionary(args: argparse.Namespace) -> int:
+    from ground.dictionary import dumps
+
+    text = dumps(args.format, gpus=args.gpus)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _cmd_broker_files(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from ground.ingest import FUTURE_SLACK_S, Ingestor
 from ground.jsonsafe import dumps
 from ground.limits import describe as describe_limits
 from ground.web.auth import LoginRefused, Sessions, User, demo_users, load_users
+from ground.web.openmct import OpenMct
 from node.bus.commands import BY_NAME, dictionary, dictionary_hash, validate
 from node.errors import CommandRejected, ConfigError, LocalProtocolError
 from node.files.store import TransferDb
@@ -222,6 +223,7 @@ class Console:
         r.add_post("/api/node/{node}/commands", self.api_send)
         r.add_get("/api/alarms", self.api_alarms)
         r.add_post("/api/alarms/ack", self.api_ack)
+        OpenMct(self.archive).add_routes(app)
         r.add_static("/static", STATIC)
         return app
 
@@ -234,7 +236,10 @@ class Console:
         except web.HTTPException as exc:  # redirects and errors carry the headers too
             exc.headers.update(SECURITY_HEADERS)
             raise
+        csp = resp.headers.pop("X-Umbra-CSP", None)  # a page that needs its own (Open MCT's)
         resp.headers.update(SECURITY_HEADERS)
+        if csp:
+            resp.headers["Content-Security-Policy"] = csp
         return resp
 
     def _same_origin(self, request: web.Request) -> bool:
@@ -342,7 +347,7 @@ class Console:
         nav = ""
         if user is not None:
             nav = f"""
-<nav><a href="/" class="brand">Umbra ground</a><a href="/">Fleet</a><a href="/alarms">Alarms <span id="alarm-count" class="badge"></span></a>
+<nav><a href="/" class="brand">Umbra ground</a><a href="/">Fleet</a><a href="/alarms">Alarms <span id="alarm-count" class="badge"></span></a><a href="/openmct" id="openmct-link" title="NASA Open MCT on this archive">Open MCT</a>
 <span class="spacer"></span><span class="who" id="who">{html.escape(user.name)} ({user.role})</span>
 <form method="post" action="/logout"><input type="hidden" name="{CSRF_FIELD}" value="{html.escape(csrf)}">
 <button id="logout">Log out</button></form></nav>"""
