@@ -103,6 +103,27 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
                 page.wait_for_timeout(250)
             expect(page.locator('.value[data-channel="temp_c[0]"]')).to_have_class(
                 re.compile(r"value (ok|warn|crit)"))
+            # One colour per GPU, named in the legend; hovering shows the values at that time.
+            items = page.locator("#chart-temp ~ .legend .legend-item")
+            expect(items).to_have_count(4)
+            colours = {items.nth(i).get_attribute("data-color") for i in range(4)}
+            assert len(colours) == 4, colours
+            box = chart.bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+            expect(page.locator("#chart-temp ~ .legend .legend-time")).to_contain_text("at ")
+            assert chart.get_attribute("data-cursor-t")
+            expect(items.first).to_contain_text(re.compile(r"GPU0 \d+\.\d"))
+            page.mouse.move(0, 0)
+            # Time navigation: back half a window (no longer live), then live again.
+            live_range = page.locator("#t-range").get_attribute("data-end")
+            page.click("#t-back")
+            expect(page.locator("#t-live")).not_to_have_class(re.compile("on"))
+            back_end = float(page.locator("#t-range").get_attribute("data-end") or 0)
+            assert back_end < float(live_range or 0) - 100, (back_end, live_range)
+            page.click("#t-live")
+            expect(page.locator("#t-live")).to_have_class(re.compile("on"))
+            expect(page.locator("#t-range")).to_contain_text("live")
 
             # Command from the form: a ping, then a set_cap_limit with a bad value first.
             page.select_option("#cmd-name", "set_cap_limit")

@@ -16,6 +16,7 @@ import contextlib
 import html
 import ipaddress
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -386,7 +387,12 @@ node's birth and death messages; last contact is the last packet received.</p>
 <div id="dict-warning"></div>
 <section class="row"><div class="card wide"><h2>Now</h2><div id="now" class="now muted">waiting for housekeeping…</div></div></section>
 <section><h2>Telemetry <label class="inline">window <select id="window">{windows}</select></label>
+<span class="timenav"><button type="button" id="t-back" title="half a window earlier">◀</button>
+<button type="button" id="t-fwd" title="half a window later">▶</button>
+<button type="button" id="t-live" class="on" title="follow the newest packet">live</button>
+<span id="t-range" class="muted"></span></span>
 <span class="muted" id="last-update"></span></h2>
+<p class="muted small">Hover a plot for the values at that time; dashed lines are the yellow and red limits.</p>
 <div class="charts">
 <figure><figcaption>GPU temperature (°C)</figcaption><canvas id="chart-temp" width="560" height="220"></canvas></figure>
 <figure><figcaption>GPU power (solid) and cap (dashed) (W)</figcaption><canvas id="chart-power" width="560" height="220"></canvas></figure>
@@ -481,7 +487,7 @@ in the green. Limits: <span id="limits"></span></p>
         return _json({"ground_hash": self.ground_hash, "nodes": fleet, "unacked_alarms": unacked,
                       "now": time.time()})
 
-    def _hk(self, node: str, window: float) -> dict[str, Any]:
+    def _hk(self, node: str, window: float, until: float | None = None) -> dict[str, Any]:
         now = time.time()
         info = self.archive.node(node)
         latest = self.archive.latest_hk(node)
@@ -490,12 +496,14 @@ in the green. Limits: <span id="limits"></span></p>
         end = min(max(now, latest["utc"]), now + FUTURE_SLACK_S) if latest else now
         if latest and latest["utc"] < now - window:
             end = latest["utc"]
+        if until is not None:  # the operator went back in time
+            end = min(until, end)
         # Thinned in SQL over the whole window (newest included); polled every second, so
         # the window's rows are never all read and decoded here.
         rows = self.archive.hk_thinned(node, end - window, end + 1, MAX_POINTS)
         alarms = self.archive.alarms(node)
         return {
-            "node": node, "info": info, "latest": latest, "now": now, "window": window,
+            "node": node, "info": info, "latest": latest, "now": now, "window": window, "end": end,
             "ground_hash": self.ground_hash, "limits": describe_limits(), "alarms": alarms,
             "series": {
                 "utc": [r["utc"] for r in rows], "seq": [r["seq"] for r in rows],
@@ -513,7 +521,15 @@ in the green. Limits: <span id="limits"></span></p>
         except ValueError:
             window = 300.0
         window = min(max(window, 10.0), 7 * 86400.0)
-        return _json(await asyncio.to_thread(self._hk, request.match_info["node"], window))
+        until = None
+        if "end" in request.query:
+            try:
+                until = float(request.query["end"])
+            except ValueError:
+                return _json({"error": "end: UTC seconds"}, 400)
+            if not math.isfinite(until):
+                return _json({"error": "end: UTC seconds"}, 400)
+        return _json(await asyncio.to_thread(self._hk, request.match_info["node"], window, until))
 
     async def api_events(self, request: web.Request) -> web.Response:
         try:

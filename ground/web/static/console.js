@@ -67,7 +67,15 @@ function every(ms, fn) {
 
 // -- charts: a small canvas line chart ------------------------------------------------------
 
+// A chart remembers what it drew (for the cursor and the legend) on its canvas element.
 function drawChart(canvas, t, series, opts = {}) {
+  canvas._chart = { t, series, opts };
+  paintChart(canvas);
+  legend(canvas);
+}
+
+function paintChart(canvas) {
+  const { t, series, opts } = canvas._chart;
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height, L = 48, R = 8, T = 8, B = 22;
   ctx.clearRect(0, 0, W, H);
@@ -115,6 +123,57 @@ function drawChart(canvas, t, series, opts = {}) {
     ctx.stroke();
   }
   ctx.setLineDash([]);
+  canvas._chart.x = x;
+  canvas._chart.t0 = t0;
+  canvas._chart.t1 = t1;
+  if (canvas._chart.cursor != null) {  // the hovered time: a vertical line
+    const cx = x(t[canvas._chart.cursor]);
+    ctx.strokeStyle = "#333"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.moveTo(cx, T); ctx.lineTo(cx, H - B); ctx.stroke();
+  }
+}
+
+// The legend under a chart: a swatch and a name per series, with its value at the hovered time
+// (the newest value when the cursor is elsewhere).
+function legend(canvas) {
+  const c = canvas._chart;
+  let box = canvas.parentElement.querySelector(".legend");
+  if (!box) { box = el("div", { class: "legend" }); canvas.after(box); }
+  const i = c.cursor != null ? c.cursor : c.t.length - 1;
+  const at = i >= 0 ? c.t[i] : null;
+  const fmt = v => v == null ? "—" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1);
+  box.replaceChildren(
+    el("span", { class: "legend-time" }, at == null ? "" : `${c.cursor != null ? "at" : "latest"} ${utc(at)}`),
+    ...c.series.filter(s => s.label).map(s => {
+      const swatch = el("i", { class: s.dash ? "swatch dash" : "swatch" });
+      swatch.style.borderColor = s.color;  // CSSOM, not a style attribute: the CSP allows it
+      return el("span", { class: "legend-item", "data-label": s.label, "data-color": s.color }, swatch,
+        `${s.label} ${i >= 0 ? fmt(s.values[i]) : "—"}`);
+    }));
+}
+
+function hoverCharts() {
+  for (const canvas of document.querySelectorAll(".charts canvas")) {
+    canvas.addEventListener("mousemove", ev => {
+      const c = canvas._chart;
+      if (!c || !c.x || !c.t.length) return;
+      const r = canvas.getBoundingClientRect();
+      const px = (ev.clientX - r.left) * canvas.width / r.width;
+      let best = 0;
+      c.t.forEach((tt, i) => { if (Math.abs(c.x(tt) - px) < Math.abs(c.x(c.t[best]) - px)) best = i; });
+      c.cursor = best;
+      canvas.dataset.cursorT = String(c.t[best]);
+      paintChart(canvas);
+      legend(canvas);
+    });
+    canvas.addEventListener("mouseleave", () => {
+      if (!canvas._chart) return;
+      canvas._chart.cursor = null;
+      delete canvas.dataset.cursorT;
+      paintChart(canvas);
+      legend(canvas);
+    });
+  }
 }
 
 function column(rows, i) { return rows.map(r => (r && i < r.length ? r[i] : null)); }
@@ -162,13 +221,31 @@ function nodePage() {
   const node = document.body.dataset.node;
   const windowSel = document.getElementById("window");
   let lastData = null;
+  // Time navigation: live follows the newest packet; back and forward move by half a window.
+  let viewEnd = null;
+  const range = document.getElementById("t-range"), live = document.getElementById("t-live");
   const refresh = async () => {
-    const data = await api(`/api/node/${encodeURIComponent(node)}/hk?window=${windowSel.value}`);
+    const q = new URLSearchParams({ window: windowSel.value });
+    if (viewEnd != null) q.set("end", String(viewEnd));
+    const data = await api(`/api/node/${encodeURIComponent(node)}/hk?${q}`);
     lastData = data;
     renderNode(data);
+    live.classList.toggle("on", viewEnd == null);
+    range.textContent = `${viewEnd == null ? "live: " : ""}${utc(data.end - data.window)} – ${utc(data.end)} UTC`;
+    range.dataset.end = String(data.end);
   };
+  const step = sign => {
+    const w = Number(windowSel.value);
+    const end = (viewEnd ?? (lastData ? lastData.end : Date.now() / 1000)) + sign * w / 2;
+    viewEnd = lastData && end >= lastData.now ? null : end;
+    refresh();
+  };
+  document.getElementById("t-back").addEventListener("click", () => step(-1));
+  document.getElementById("t-fwd").addEventListener("click", () => step(1));
+  live.addEventListener("click", () => { viewEnd = null; refresh(); });
   every(1000, refresh);
   windowSel.addEventListener("change", refresh);
+  hoverCharts();
   const evSev = document.getElementById("ev-severity"), evQ = document.getElementById("ev-search");
   const events = async () => {
     const q = new URLSearchParams({ severity: evSev.value, q: evQ.value });
@@ -227,21 +304,30 @@ function renderNode(d) {
     );
   }
   const t = s.utc, n = s.temp_c.length ? s.temp_c[s.temp_c.length - 1].length : 0;
-  const t1 = d.latest ? Math.max(d.latest.utc, t[t.length - 1] || 0) : d.now;
+  const t1 = d.end;
   const span = { t0: t1 - d.window, t1 };
   const lt = limitOf(L, "temp_c"), ls = limitOf(L, "battery_soc"), lr = limitOf(L, "radiator_c");
   const gpus = [...Array(n).keys()];
-  drawChart(document.getElementById("chart-temp"), t,
-    gpus.map(i => ({ values: column(s.temp_c, i), color: PALETTE[i % PALETTE.length] })),
+  const keep = canvasId => {  // a hovered chart keeps its cursor across the refresh
+    const c = document.getElementById(canvasId)._chart;
+    return c && c.cursor != null && c.t.length === t.length ? c.cursor : null;
+  };
+  const draw = (id, series, opts) => {
+    const canvas = document.getElementById(id);
+    const cursor = keep(id);
+    drawChart(canvas, t, series, opts);
+    if (cursor != null) { canvas._chart.cursor = cursor; paintChart(canvas); legend(canvas); }
+  };
+  draw("chart-temp", gpus.map(i => ({ values: column(s.temp_c, i), color: PALETTE[i % PALETTE.length], label: `GPU${i}` })),
     { ...span, yellow: lt.yellow, red: lt.red });
-  drawChart(document.getElementById("chart-power"), t, [
-    ...gpus.map(i => ({ values: column(s.power_w, i), color: PALETTE[i % PALETTE.length] })),
-    ...gpus.map(i => ({ values: column(s.cap_w, i), color: PALETTE[i % PALETTE.length], dash: true })),
+  draw("chart-power", [
+    ...gpus.map(i => ({ values: column(s.power_w, i), color: PALETTE[i % PALETTE.length], label: `GPU${i}` })),
+    ...gpus.map(i => ({ values: column(s.cap_w, i), color: PALETTE[i % PALETTE.length], dash: true, label: `cap${i}` })),
   ], { ...span, min: 0 });
-  drawChart(document.getElementById("chart-soc"), t, [{ values: s.battery_soc.map(v => v == null ? null : v * 100), color: PALETTE[4] }],
+  draw("chart-soc", [{ values: s.battery_soc.map(v => v == null ? null : v * 100), color: PALETTE[4], label: "SoC %" }],
     { ...span, min: 0, max: 100, yellow: ls.yellow * 100, red: ls.red * 100 });
-  drawChart(document.getElementById("chart-solar"), t, [{ values: s.solar_w, color: PALETTE[5] }], { ...span, min: 0 });
-  drawChart(document.getElementById("chart-radiator"), t, [{ values: s.radiator_c, color: PALETTE[1] }],
+  draw("chart-solar", [{ values: s.solar_w, color: PALETTE[5], label: "solar W" }], { ...span, min: 0 });
+  draw("chart-radiator", [{ values: s.radiator_c, color: PALETTE[1], label: "radiator °C" }],
     { ...span, yellow: lr.yellow, red: lr.red });
   const jobs = document.getElementById("jobs");
   if (hk && hk.progress.length) {
