@@ -83,6 +83,9 @@ def conf_text(
         "# Small messages (acks, file service answers, commands) go out at once instead of",
         "# waiting behind a client's delayed ACK (Nagle): 40 ms a message otherwise.",
         "set_tcp_nodelay true",
+        "# A subscriber that lags (ground's ingest under a fleet's load, a node's tc after an",
+        "# outage) keeps its QoS 1 messages queued: mosquitto's default drops them beyond 1,000.",
+        "max_queued_messages 1000000",
     ]
     if persistence:
         lines.append(f"persistence_location {out / 'data'}/")

@@ -193,8 +193,10 @@ class Mosquitto:
             "per_listener_settings false",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
             f"persistence {'true' if self.persistence else 'false'}",
-            # as in production (ground/brokerfiles.py): no Nagle delay on small messages
+            # as in production (ground/brokerfiles.py): no Nagle delay on small messages, and a
+            # lagging subscriber's QoS 1 queue held (mosquitto's default drops beyond 1,000)
             "set_tcp_nodelay true",
+            "max_queued_messages 1000000",
             f"log_dest file {self.log_path}",
             "log_dest stderr",  # also on stderr, where we watch for the ready line
         ]

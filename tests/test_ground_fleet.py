@@ -10,75 +10,33 @@ test runs as root, since PostgreSQL refuses to run as root) and stops it by its 
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from ground.archive import Archive
 from ground.ingest import Ingestor
-from hil.broker import Mosquitto, free_port, port_open
-from hil.procs import ManagedProcess
+from hil.broker import Mosquitto
+from hil.pg import PrivatePostgres
 from node.bus.payloads import Event, Housekeeping, Leaf, NodeState, topic
+from node.errors import ConfigError
 
 pytestmark = [pytest.mark.e2e]
 
 
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                                                   reverse=True)), None)
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} not found: `make test` installs Debian's postgresql",
-                    pytrace=False)
-    return found
-
-
 @pytest.fixture
 def postgres() -> Iterator[str]:
-    """A private PostgreSQL cluster; yields its connection URL."""
-    as_root = os.geteuid() == 0
-    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
-    base = Path(tempfile.mkdtemp(prefix="umbra-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if as_root:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    port = free_port()
-    proc: ManagedProcess | None = None
+    """A private PostgreSQL cluster (hil/pg.py); yields its connection URL."""
     try:
-        subprocess.run([*prefix, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-        proc = ManagedProcess(
-            [*prefix, _pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], name="postgres", log_dir=base)
-        proc.start()
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", port):
-            assert proc.running, proc.tail()
-            assert time.monotonic() < deadline, "postgres did not start\n" + proc.tail()
-            time.sleep(0.1)
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        import psycopg
-
-        for _ in range(50):  # accepting TCP is not yet accepting logins
-            try:
-                psycopg.connect(url).close()
-                break
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        yield url
+        pg = PrivatePostgres().start()
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield pg.url
     finally:
-        if proc is not None:
-            proc.stop(timeout=10)
-        shutil.rmtree(base, ignore_errors=True)
+        pg.stop()
 
 
 def _hk(node: str, seq: int) -> Housekeeping:

@@ -181,10 +181,10 @@ async def test_3_poison_packets_never_stop_the_ingest(production, ingest) -> Non
 class PoisonArchive(Archive):
     """The database refuses one node's packets (as PostgreSQL refuses a NUL in a text)."""
 
-    def _store_body(self, p: Any) -> None:
-        if p.node_id == "poison":
+    def _store_bodies(self, new: Any) -> None:
+        if any(p.node_id == "poison" for p in new):
             raise sqlite3.IntegrityError("refused by the database")
-        super()._store_body(p)
+        super()._store_bodies(new)
 
 
 async def test_3_a_batch_the_database_refuses_is_split_and_the_bad_packet_dead_lettered(
