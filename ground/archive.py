@@ -639,7 +639,7 @@ class Archive:
         if index is None:
             return name
         if self.postgres:
-            return f"(({name})::jsonb ->> {index})::double precision"
+            return f"(({name})::json ->> {index})::double precision"  # json: no jsonb built per row
         return f"json_extract({name}, '$[{index}]')"
 
     def series(self, channel: str, node: str, since: float, until: float,

@@ -208,8 +208,10 @@ def measure(n: int, *, workers: int = 2, processes: int = 2, rate_hz: float = 1.
             import psycopg
 
             with psycopg.connect(pg.url) as db:
+                # until every packet is in, or none came for 10 s (ingest may pause for seconds
+                # when two workers wait on the same nodes' rows)
                 last, stable = -1, 0
-                while stable < 3 and time.monotonic() - stopped < 120:
+                while stable < 20 and time.monotonic() - stopped < 300:
                     count = db.execute("SELECT COUNT(*) FROM packets").fetchone()[0]  # type: ignore[index]
                     stable = stable + 1 if count == last else 0
                     last = count

@@ -222,3 +222,31 @@ def test_json_sanitiser() -> None:
 
     value = {1: float("nan"), "b": b"\x01", "t": (1.0, float("inf"), [float("-inf")])}
     assert dumps(value) == '{"1":null,"b":"01","t":[1.0,null,[null]]}'
+
+
+def check_series(a: Archive) -> None:
+    """``Archive.series`` on any engine: raw samples when few, min/max buckets when many."""
+    # 100 samples 1 s apart, temp_c[1] = temp + 1, a spike of 99 at seq 57
+    a.store([hk("s1", s, temp=99.0 if s == 57 else 50.0 + s % 5) for s in range(1, 101)])
+    t0 = 1_700_000_000.0
+    raw = a.series("temp_c[1]", "s1", t0 + 1, t0 + 10, points=1000)
+    assert raw == [(t0 + s, 51.0 + s % 5) for s in range(1, 11)]
+    buckets = a.series("temp_c[1]", "s1", t0 + 1, t0 + 100, points=10)
+    assert 10 <= len(buckets) <= 22  # a min and a max per bucket (two buckets may fall at the ends)
+    values = [v for _, v in buckets]
+    assert max(values) == 100.0 and min(values) == 51.0  # the spike survives the thinning
+    times = [t for t, _ in buckets]
+    assert times == sorted(times) and times[0] == t0 + 1 and times[-1] == t0 + 100
+    assert a.series("battery_soc", "s1", t0, t0 + 100, points=5)[0][1] == 0.8
+    assert a.series("temp_c[1]", "nobody", t0, t0 + 100) == []
+    for bad in ("temp_c", "battery_soc[0]", "nope", "temp_c[x]"):
+        try:
+            a.series(bad, "s1", t0, t0 + 1)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_series_thins_a_long_window_into_min_max_buckets(tmp_path: Path) -> None:
+    with Archive(tmp_path / "a.sqlite") as a:
+        check_series(a)

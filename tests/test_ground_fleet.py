@@ -112,3 +112,10 @@ async def test_two_shared_workers_store_every_packet_once(postgres: str, mosquit
     finally:
         for arc in archives:
             arc.close()
+
+
+def test_series_thins_in_postgresql_as_in_sqlite(postgres: str) -> None:
+    from test_ground_archive import check_series
+
+    with Archive(postgres) as a:
+        check_series(a)
