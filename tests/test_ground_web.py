@@ -203,3 +203,52 @@ async def test_the_node_page_shows_the_newest_checkpoint_catalogue(console: Cons
         async with s.get("/node/web-n1") as r:
             page = await r.text()
         assert 'id="catalogue-refresh"' in page and "not in this node's telemetry" not in page
+
+
+async def test_serve_announces_the_console_once_ingest_is_subscribed(mosquitto: Any, tmp_path: Path) -> None:
+    """`umbra-ground serve` says "console on" when a packet published from then on is archived
+    (a test or an operator that publishes right after it lost packets before)."""
+    import sqlite3
+
+    from ground.web.app import serve
+
+    lines: list[str] = []
+    ready = asyncio.Event()
+    archive = tmp_path / "a.sqlite"
+    config = ConsoleConfig(mqtt_host=mosquitto.host, mqtt_port=mosquitto.port, http_port=0, archive=str(archive))
+    task = asyncio.create_task(serve(config, ready=ready, announce=lines.append))
+    try:
+        await asyncio.wait_for(ready.wait(), 20)
+        assert "ingest subscribed" in lines[0], lines
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="web-serve-pub") as pub:
+            await pub.publish(topic("serve-n1", Leaf.HK), hk("serve-n1", 1).to_wire(), qos=1)
+
+        def stored() -> int:
+            with sqlite3.connect(archive) as db:
+                return int(db.execute("SELECT count(*) FROM hk WHERE node = 'serve-n1'").fetchone()[0])
+
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(stored) < 1:
+            assert time.monotonic() < deadline, "the packet published after 'console on' was not archived"
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_serve_comes_up_without_a_broker_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ground.web import app
+    from hil.broker import free_port
+
+    monkeypatch.setattr(app, "INGEST_READY_S", 0.5)
+    lines: list[str] = []
+    ready = asyncio.Event()
+    config = ConsoleConfig(mqtt_host="127.0.0.1", mqtt_port=free_port(), http_port=0,
+                           archive=str(tmp_path / "a.sqlite"))
+    task = asyncio.create_task(app.serve(config, ready=ready, announce=lines.append))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        assert "console on http://127.0.0.1:" in lines[0] and "ingest not subscribed yet" in lines[0], lines
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

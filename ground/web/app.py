@@ -698,6 +698,10 @@ in the green. Limits: <span id="limits"></span></p>
         await asyncio.to_thread(self.archive.set_command_status, tc.node_id, tc.id, status)
 
 
+#: How long ``serve`` waits for the ingest's subscription before it announces the console.
+INGEST_READY_S = 10.0
+
+
 def aiomqtt_errors() -> tuple[type[BaseException], ...]:
     import aiomqtt
 
@@ -708,8 +712,17 @@ async def serve(config: ConsoleConfig, *, ready: asyncio.Event | None = None,
                 announce: Any = print) -> None:
     """Run the console until cancelled."""
     async with Console(config) as console:
+        ingest = ""
+        if console.ingestor is not None:
+            # "console on" should mean packets published from now on are archived: wait (a
+            # little) for the ingest's subscription; a dead broker must not keep the console down.
+            try:
+                await asyncio.wait_for(console.ingestor.subscribed.wait(), INGEST_READY_S)
+                ingest = "; ingest subscribed"
+            except TimeoutError:
+                ingest = f"; ingest not subscribed yet ({console.ingestor.stats.last_error or 'no broker'}), retrying"
         announce(f"umbra-ground serve: console on {console.url} (archive {console.archive.url}; "
-                 f"MQTT {config.mqtt_host}:{config.mqtt_port})")
+                 f"MQTT {config.mqtt_host}:{config.mqtt_port}{ingest})")
         if console.demo_users:
             announce("umbra-ground serve: no --users file: demo users demo/demo (commander) and "
                      "viewer/viewer (viewer)")
