@@ -10,7 +10,7 @@ SRC = node ground hil firmware_sim
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo mosquitto ground-deps firmware-deps firmware labgrid openmct test check bench clean
+.PHONY: help install demo system-deps mosquitto ground-deps firmware-deps firmware labgrid openmct test check bench clean
 
 # Playwright drives Debian's chromium (ground-deps); it must never fetch a browser itself.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -21,6 +21,7 @@ help:
 	@echo "make demo        run the HIL demo bench (ARGS=... to pass options)"
 	@echo "make check       ruff and mypy on $(SRC)"
 	@echo "make bench       run the benchmarks"
+	@echo "make system-deps make sure every Debian package the tests need is installed (one apt-get)"
 	@echo "make mosquitto   make sure the mosquitto broker is installed"
 	@echo "make ground-deps make sure chromium and postgresql (ground tests) are installed"
 	@echo "make firmware    build the C board firmware (QEMU mps2-an385, NUCLEO-F401RE, host)"
@@ -45,57 +46,61 @@ demo: $(VENV)/.installed
 	@$(MAKE) --no-print-directory openmct || echo "(Open MCT not installed: the console's /openmct page says how)"
 	$(VENV)/bin/umbra-hil demo $(ARGS)
 
-# Tests start their own mosquitto on a free port; they only need the binary.  If the
-# package also starts a system mosquitto service we leave it running: it is not ours.
-mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then \
-		echo "mosquitto: found"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "mosquitto: installing with apt-get"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; \
-	else \
-		echo "mosquitto is not installed; run: sudo apt-get install mosquitto" >&2; \
-		exit 1; \
-	fi
+# $(call need-debs,PACKAGE:PROBE[,PROBE] ...): make sure Debian packages are there.  A probe
+# is a command (on PATH or in /usr/sbin) or an absolute path (a glob may stand in it) that
+# exists once the package is in; what is missing is installed with one apt-get (as root),
+# or named with the command to run.  System services the packages start are left alone:
+# they are not ours (the tests start their own mosquitto and PostgreSQL).
+define need-debs
+@missing=""; \
+for pair in $(1); do \
+	pkg=$${pair%%:*}; found=""; \
+	for probe in $$(echo "$${pair#*:}" | tr , ' '); do \
+		case $$probe in \
+			/*) test -e "$$probe" && found=1 ;; \
+			*) { command -v "$$probe" >/dev/null 2>&1 || test -x "/usr/sbin/$$probe"; } && found=1 ;; \
+		esac; \
+	done; \
+	test -n "$$found" || missing="$$missing $$pkg"; \
+done; \
+if [ -z "$$missing" ]; then \
+	echo "found: $(strip $(foreach p,$(1),$(firstword $(subst :, ,$(p)))))"; \
+elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	echo "installing with apt-get:$$missing"; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+else \
+	echo "missing:$$missing; run: sudo apt-get install$$missing" >&2; \
+	exit 1; \
+fi
+endef
 
-# The ground tests need a browser (console test, Playwright) and PostgreSQL binaries (fleet
-# test; it starts its own cluster with initdb).  A system PostgreSQL service the package may
-# start is left alone: it is not ours.
-ground-deps:
-	@missing=""; \
-	{ command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium; } || missing="$$missing chromium"; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
-		|| missing="$$missing postgresql"; \
-	if [ -z "$$missing" ]; then \
-		echo "chromium, postgresql: found"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing with apt-get:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	else \
-		echo "missing:$$missing; run: sudo apt-get install$$missing" >&2; \
-		exit 1; \
-	fi
-
+# The broker the bus tests start on a free port.
+MOSQUITTO_DEBS = mosquitto:mosquitto
+# The ground tests: a browser (console and Open MCT tests, Playwright) and PostgreSQL's
+# binaries (fleet tests; they make their own cluster with initdb).
+GROUND_DEBS = chromium:chromium postgresql:/usr/lib/postgresql/*/bin/initdb,initdb
 # The C reference firmware (firmware/, docs/real-boards.md): the Arm cross compiler with
 # picolibc for both targets, QEMU for the mps2-an385 board, the host compiler (with its
 # AddressSanitizer) for the codec tests and the firmware on a pty.
-FIRMWARE_PKGS = gcc-arm-none-eabi:arm-none-eabi-gcc picolibc-arm-none-eabi:/usr/lib/picolibc/arm-none-eabi/picolibc.specs \
-	qemu-system-arm:qemu-system-arm gcc:gcc
+FIRMWARE_DEBS = gcc-arm-none-eabi:arm-none-eabi-gcc \
+	picolibc-arm-none-eabi:/usr/lib/picolibc/arm-none-eabi/picolibc.specs qemu-system-arm:qemu-system-arm gcc:gcc
+# labgrid's exporter serves serial ports with ser2net.
+LABGRID_DEBS = ser2net:ser2net
+# npm installs Open MCT.
+OPENMCT_DEBS = nodejs:node npm:npm
+
+mosquitto:
+	$(call need-debs,$(MOSQUITTO_DEBS))
+
+ground-deps:
+	$(call need-debs,$(GROUND_DEBS))
+
 firmware-deps:
-	@missing=""; \
-	for pair in $(FIRMWARE_PKGS); do \
-		pkg=$${pair%%:*}; what=$${pair#*:}; \
-		case $$what in /*) test -e $$what ;; *) command -v $$what >/dev/null 2>&1 ;; esac || missing="$$missing $$pkg"; \
-	done; \
-	if [ -z "$$missing" ]; then \
-		echo "arm-none-eabi-gcc, picolibc, qemu-system-arm, gcc: found"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing with apt-get:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	else \
-		echo "missing:$$missing; run: sudo apt-get install$$missing" >&2; \
-		exit 1; \
-	fi
+	$(call need-debs,$(FIRMWARE_DEBS))
+
+# Everything `make test` needs from Debian, in one apt-get (one package index update).
+system-deps:
+	$(call need-debs,$(MOSQUITTO_DEBS) $(GROUND_DEBS) $(FIRMWARE_DEBS) $(LABGRID_DEBS) $(OPENMCT_DEBS))
 
 # labgrid (hil/labgrid.py, docs/real-boards.md §9) in an environment of its own: it pins
 # pyserial-labgrid, a fork that installs over pyserial's files, which the node relies on.
@@ -109,28 +114,13 @@ $(LABGRID_VENV)/.installed:
 	touch $@
 
 labgrid: $(LABGRID_VENV)/.installed
-	@if command -v ser2net >/dev/null 2>&1 || test -x /usr/sbin/ser2net; then \
-		echo "ser2net: found"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "ser2net: installing with apt-get"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ser2net; \
-	else \
-		echo "ser2net is not installed; run: sudo apt-get install ser2net" >&2; \
-		exit 1; \
-	fi
+	$(call need-debs,$(LABGRID_DEBS))
 
 # NASA Open MCT for the ground console (ground/web/openmct.py): the npm package pinned by
 # ground/web/openmct/package-lock.json, installed beside the console, never fetched at run time.
 OPENMCT_DIR = ground/web/openmct
 $(OPENMCT_DIR)/node_modules/openmct/dist/openmct.js: $(OPENMCT_DIR)/package.json $(OPENMCT_DIR)/package-lock.json
-	@if ! command -v npm >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "npm: installing Debian's nodejs and npm"; \
-			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; \
-		else \
-			echo "npm is not installed; run: sudo apt-get install nodejs npm" >&2; exit 1; \
-		fi; \
-	fi
+	$(call need-debs,$(OPENMCT_DEBS))
 	cd $(OPENMCT_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -142,7 +132,7 @@ firmware: firmware-deps
 
 # Second pass: the numba kernels again with the JIT off, so coverage sees inside them.
 # pytest exits 5 when nothing is collected, which only means no `kernels` tests yet.
-test: $(VENV)/.installed mosquitto ground-deps firmware labgrid openmct
+test: system-deps $(VENV)/.installed mosquitto ground-deps firmware labgrid openmct
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	@rc=0; NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q $(PYTEST_ARGS) -m kernels || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests marked 'kernels': NUMBA_DISABLE_JIT pass skipped"; rc=0; fi; \

@@ -42,6 +42,7 @@ from node.errors import ConfigError, RemoteProtocolError
 from node.files import bundle as bundles
 from node.files.endpoint import Admit, Endpoint, file_digest
 from node.files.pdu import DOMAIN, AnyPdu, Fin, FinStatus, Meta, decode, seal
+from node.files.pump import Pump
 from node.files.service import new_xfer
 from node.files.store import TransferDb, TransferRow
 
@@ -51,6 +52,8 @@ DEFAULT_CHUNK = 128 << 10
 #: Where ground keeps files unless told otherwise (``--files-dir``, ``$UMBRA_FILES_DIR``).
 DEFAULT_FILES_DIR = Path(os.environ.get("UMBRA_FILES_DIR", "./var/ground-files"))
 BACKOFF_S = (0.2, 10.0)
+#: Unacknowledged publishes at a time (answers and uplink chunks, all nodes together).
+MAX_INFLIGHT = 16
 
 _REQUESTS = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -150,8 +153,7 @@ class FileGround:
         self._probe_s = probe_s
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._settle = asyncio.Event()
+        self.pump: Pump | None = None
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.refused = 0  # messages that were not file PDUs of their topic's node
@@ -178,10 +180,12 @@ class FileGround:
         self.endpoint = Endpoint(self.db, admit=self._admit, finish=self._finish, on_end=self._ended, inline=False,
                                  **kw)
         self.endpoint.load()
+        self.pump = Pump(self.endpoint, max_inflight=MAX_INFLIGHT)
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._tasks = [self._tg.create_task(self._run(), name="umbra.ground.files"),
-                       self._tg.create_task(self._settler(), name="umbra.ground.files.settle")]
+                       self._tg.create_task(self.pump.settle_forever(), name="umbra.ground.files.settle"),
+                       self._tg.create_task(self._requests_forever(), name="umbra.ground.files.requests")]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -209,17 +213,25 @@ class FileGround:
         if meta.node_id not in self.keys:
             raise ConfigError(f"no telecommand key for {meta.node_id}: its file service cannot be reached")
         self.endpoint.send(meta, path, info={"bundle": meta.info.get("bundle", "")})
-        self._wake.set()
+        assert self.pump is not None
+        self.pump.wake()
 
     def cancel(self, xfer: str) -> bool:
         assert self.endpoint is not None
         done = self.endpoint.cancel(xfer, "cancelled by an operator")
-        self._wake.set()
+        assert self.pump is not None
+        self.pump.wake()
         return done
 
     def transfers(self, limit: int = 200, node_id: str | None = None) -> list[dict[str, Any]]:
         assert self.db is not None
         return [r.to_dict() for r in self.db.recent(limit, node_id)]
+
+    async def _requests_forever(self) -> None:
+        """Uplinks queued by ``umbra-ground files put`` in another process, every second."""
+        while True:
+            self._take_requests()
+            await asyncio.sleep(1.0)
 
     def _take_requests(self) -> None:
         assert self._requests is not None
@@ -283,7 +295,7 @@ class FileGround:
     # -- on the wire ------------------------------------------------------------------------
 
     def _on_message(self, name: str, payload: bytes) -> None:
-        assert self.endpoint is not None
+        assert self.pump is not None
         try:
             node_id, leaf = parse_topic(name)
             if leaf != Leaf.FILE_TM:
@@ -298,20 +310,7 @@ class FileGround:
             if self.refused & (self.refused - 1) == 0:
                 log.warning("file message refused: %s (%d so far)", exc, self.refused)
             return
-        self.endpoint.handle(pdu)
-        if self.endpoint.unsettled:
-            self._settle.set()
-        self._wake.set()
-
-    async def _settler(self) -> None:
-        """Partial files made durable and whole ones hashed and stored, in a thread, so the
-        loop keeps taking chunks (and serving the console)."""
-        assert self.endpoint is not None
-        while True:
-            await self._settle.wait()
-            self._settle.clear()
-            await self.endpoint.settle()
-            self._wake.set()
+        self.pump.handle(pdu)
 
     async def _run(self) -> None:
         delay = BACKOFF_S[0]
@@ -349,46 +348,18 @@ class FileGround:
             self._on_message(message.topic.value, payload if isinstance(payload, bytes) else b"")
 
     async def _send(self, client: aiomqtt.Client) -> None:
-        assert self.endpoint is not None
-        slots = asyncio.Semaphore(16)
-        failure: list[BaseException] = []
-        inflight: set[asyncio.Task[None]] = set()
-        last_requests = 0.0
+        assert self.pump is not None
+        await self.pump.run(self._seal, lambda pdu, body: client.publish(topic(pdu.node_id, Leaf.FILE_TC), body,
+                                                                         qos=1))
 
-        async def put(name: str, body: bytes) -> None:
-            try:
-                await client.publish(name, body, qos=1)
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                slots.release()
-
-        while True:
-            if failure:
-                raise failure[0]
-            now = time.monotonic()
-            if now - last_requests >= 1.0:
-                last_requests = now
-                self._take_requests()
-            self.endpoint.tick()
-            if self.endpoint.unsettled:
-                self._settle.set()
-            pdu: AnyPdu | None = self.endpoint.next_out()
-            if pdu is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.25)
-                continue
-            key = self.keys.get(pdu.node_id)
-            if key is None:
-                self.unkeyed += 1
-                if self.unkeyed & (self.unkeyed - 1) == 0:
-                    log.warning("no telecommand key for %s: cannot answer its file transfers", pdu.node_id)
-                continue
-            await slots.acquire()
-            task = asyncio.create_task(put(topic(pdu.node_id, Leaf.FILE_TC), seal(key, pdu)))
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
+    def _seal(self, pdu: AnyPdu) -> bytes | None:
+        key = self.keys.get(pdu.node_id)
+        if key is None:
+            self.unkeyed += 1
+            if self.unkeyed & (self.unkeyed - 1) == 0:
+                log.warning("no telecommand key for %s: cannot answer its file transfers", pdu.node_id)
+            return None
+        return seal(key, pdu)
 
 
 __all__ = ["DEFAULT_FILES_DIR", "DOMAIN", "FileGround", "FilesBusy", "prepare_bundle", "queue_request", "read_private_key",

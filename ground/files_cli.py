@@ -36,7 +36,7 @@ from ground.files import (
 from ground.query import mqtt_auth_args, mqtt_password, table, tls_context
 from node.errors import ConfigError
 from node.files import bundle as bundles
-from node.files.store import TransferDb
+from node.files.store import reading as transfers_db
 
 PROG = "umbra-ground files"
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
@@ -104,11 +104,15 @@ def add_subcommands(sub: Any) -> None:
     s.set_defaults(func=cmd_serve)
 
 
-def _keys(args: argparse.Namespace) -> dict[str, bytes]:
+def _keys(args: argparse.Namespace, node: str | None = None) -> dict[str, bytes]:
+    """The telecommand keys; ConfigError when they cannot be read, or hold none for ``node``."""
     from ground.keys import DEFAULT_KEY_FILE
     from node.bus.signing import load_keys
 
-    return load_keys(Path(args.key_file) if args.key_file else DEFAULT_KEY_FILE)
+    keys = load_keys(Path(args.key_file) if args.key_file else DEFAULT_KEY_FILE)
+    if node is not None and node not in keys:
+        raise ConfigError(f"no telecommand key for {node}")
+    return keys
 
 
 def _service(args: argparse.Namespace, keys: dict[str, bytes]) -> FileGround:
@@ -132,15 +136,9 @@ def _mb(n: float) -> str:
 
 
 def _row(files_dir: Path, xfer: str) -> dict[str, Any] | None:
-    path = files_dir / "transfers.sqlite"
-    if not path.exists():
-        return None
-    db = TransferDb(path)
-    try:
-        row = db.get(xfer)
-        return row.to_dict() if row is not None else None
-    finally:
-        db.close()
+    with transfers_db(files_dir / "transfers.sqlite") as db:
+        row = None if db is None else db.get(xfer)
+    return row.to_dict() if row is not None else None
 
 
 async def _follow(files_dir: Path, xfer: str, timeout: float) -> dict[str, Any] | None:
@@ -177,6 +175,15 @@ async def _with_service(args: argparse.Namespace, keys: dict[str, bytes], work: 
         return int(await work(None))
 
 
+async def _wait_end(args: argparse.Namespace, xfer: str) -> int:
+    """Follow a transfer to its end: the command's exit code."""
+    try:
+        return _ended(await _follow(args.files_dir, xfer, args.timeout))
+    except TimeoutError:
+        print(f"\n{PROG}: still running after {args.timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+
+
 def _ended(row: dict[str, Any] | None) -> int:
     if row is None:
         return EXIT_TIMEOUT
@@ -208,12 +215,9 @@ async def _command(args: argparse.Namespace, keys: dict[str, bytes], name: str, 
 
 def cmd_get(args: argparse.Namespace) -> int:
     try:
-        keys = _keys(args)
+        keys = _keys(args, args.node)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.node not in keys:
-        print(f"{PROG}: no telecommand key for {args.node}", file=sys.stderr)
         return EXIT_USAGE
     cmd_args: dict[str, Any] = {"job": args.job, "priority": args.priority}
     if args.path:
@@ -231,26 +235,19 @@ def cmd_get(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         if args.no_wait and files is None:
             return 0
-        try:
-            return _ended(await _follow(args.files_dir, report.data["xfer"], args.timeout))
-        except TimeoutError:
-            print(f"\n{PROG}: still running after {args.timeout:g} s", file=sys.stderr)
-            return EXIT_TIMEOUT
+        return await _wait_end(args, report.data["xfer"])
 
     return asyncio.run(_with_service(args, keys, work))
 
 
 def cmd_put(args: argparse.Namespace) -> int:
     try:
-        keys = _keys(args)
+        keys = _keys(args, args.node)
         private = read_private_key(args.sign_key)
         if not args.bundle.is_file():
             raise ConfigError(f"{args.bundle} is not a file")
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.node not in keys:
-        print(f"{PROG}: no telecommand key for {args.node}", file=sys.stderr)
         return EXIT_USAGE
     try:
         bundles.check(args.bundle, max_unpacked=1 << 42)  # the node checks too; refuse early here
@@ -269,11 +266,7 @@ def cmd_put(args: argparse.Namespace) -> int:
         print(f"uplink {meta.xfer}: {meta.name} ({meta.size} bytes) to {args.node}, key {meta.key_id}", flush=True)
         if args.no_wait and files is None:
             return 0
-        try:
-            code = _ended(await _follow(args.files_dir, meta.xfer, args.timeout))
-        except TimeoutError:
-            print(f"\n{PROG}: still running after {args.timeout:g} s", file=sys.stderr)
-            return EXIT_TIMEOUT
+        code = await _wait_end(args, meta.xfer)
         if code == 0 and args.run:
             report = await _command(args, keys, "bundle_run", {"bundle": bundles.stem(meta.name)})
             return 0 if report is not None and report.stage == "completed" else EXIT_FAILED
@@ -283,15 +276,11 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    path = args.files_dir / "transfers.sqlite"
-    if not path.exists():
-        print(f"{PROG}: no transfers yet in {args.files_dir}", file=sys.stderr)
-        return 0
-    db = TransferDb(path)
-    try:
+    with transfers_db(args.files_dir / "transfers.sqlite") as db:
+        if db is None:
+            print(f"{PROG}: no transfers yet in {args.files_dir}", file=sys.stderr)
+            return 0
         rows = [r.to_dict() for r in db.recent(args.limit, args.node)]
-    finally:
-        db.close()
     if args.json:
         for r in rows:
             print(json.dumps(r, default=str))

@@ -17,15 +17,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
+from collector import Collector
 
 from ground.send import build_telecommand, send_command
 from hil.bench import LocalBench
 from hil.broker import Mosquitto, free_port
 from node.bus import signing
-from node.bus.payloads import Event, Housekeeping, Leaf, TcReport, decode_message, topic
-from node.errors import Reason, RemoteProtocolError
+from node.bus.payloads import Event, Housekeeping
+from node.errors import Reason
 
 pytestmark = [pytest.mark.e2e]
 
@@ -41,61 +41,6 @@ def bench(tmp_path: Path, mq: Mosquitto, node_id: str, key_file: Path, hk: float
     return LocalBench(workdir=tmp_path, mqtt_host=mq.host, mqtt_port=mq.port, node_id=node_id,
                       gpus=2, rate_hz=10.0, speed=1.0, hk_rate_hz=hk,
                       node_args=("--tc-key-file", str(key_file), "--backlog-rate", "100"))
-
-
-class Collector:
-    """A ground subscriber with a persistent session (clean_session=False, QoS 1)."""
-
-    def __init__(self, mq: Mosquitto, node_id: str) -> None:
-        self.mq, self.node_id = mq, node_id
-        self.seen: dict[int, list[Any]] = defaultdict(list)
-        self.reports: list[TcReport] = []
-        self.subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.subscribed.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with __import__("contextlib").suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(self.mq.host, self.mq.port, identifier=f"collect-{self.node_id}",
-                                          clean_session=False) as client:
-                    for leaf in (Leaf.HK, Leaf.EVENT, Leaf.TC_REPORT):
-                        await client.subscribe(topic(self.node_id, leaf), qos=1)
-                    self.subscribed.set()
-                    async for m in client.messages:
-                        try:
-                            _, p = decode_message(str(m.topic), bytes(m.payload))  # type: ignore[arg-type]
-                        except RemoteProtocolError:
-                            continue
-                        if isinstance(p, TcReport):
-                            self.reports.append(p)
-                        if isinstance(p, Housekeeping | Event | TcReport):
-                            self.seen[p.seq].append(p)
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)
-
-    def missing(self) -> list[int]:
-        if not self.seen:
-            return []
-        return [s for s in range(1, max(self.seen) + 1) if s not in self.seen]
-
-    async def wait_until(self, pred: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; max seq {max(self.seen, default=0)}, "
-                                     f"missing {self.missing()[:20]}")
-            await asyncio.sleep(0.2)
 
 
 async def _cli(*argv: str) -> tuple[int, str]:

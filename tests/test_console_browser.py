@@ -9,63 +9,36 @@ docs/console-node.png (the README's), so an ordinary run leaves the checkout cle
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from browser import chromium, ground_console, login, need_chromium, screenshot
 
 from hil.bench import LocalBench
-from hil.broker import Mosquitto, free_port
-from hil.procs import ManagedProcess
+from hil.broker import Mosquitto
 from node.bus import signing
 
 pytestmark = [pytest.mark.e2e]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
 @pytest.fixture
 def stack(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(console URL, node id) with a bench running behind it."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium not found: `make test` installs Debian's chromium", pytrace=False)
+    need_chromium()
     node_id = "web-1"
     key_file = tmp_path / "tc-keys.json"
     signing.write_keys(key_file, {node_id: signing.new_key()})
-    port = free_port()
-    serve = ManagedProcess(
-        [sys.executable, "-m", "ground.cli", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
-         "--http", f"127.0.0.1:{port}", "--archive", str(tmp_path / "archive.sqlite"),
-         "--key-file", str(key_file)],
-        name="serve", log_dir=tmp_path / "logs")
     bench = LocalBench(workdir=tmp_path / "bench", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
                        node_id=node_id, gpus=4, hk_rate_hz=2.0, demand_w=650.0,
                        node_args=("--tc-key-file", str(key_file)))
-    try:
-        serve.start()
-        serve.wait_for_line(r"console on http://", 30)
-        bench.start()
-        yield f"http://127.0.0.1:{port}", node_id
-    finally:
-        bench.stop()
-        serve.stop()
-
-
-def _login(page: Any, url: str, user: str, password: str) -> None:
-    page.goto(f"{url}/login")
-    page.fill("#user", user)
-    page.fill("#password", password)
-    page.click("#login")
-    page.wait_for_url(f"{url}/")
+    with ground_console(mosquitto, tmp_path, key_file) as url:
+        try:
+            bench.start()
+            yield url, node_id
+        finally:
+            bench.stop()
 
 
 @pytest.mark.timeout(150)
@@ -74,9 +47,7 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
 
     url, node_id = stack
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1280, "height": 1400})
+        ctx = chromium(pw, tmp_path, viewport={"width": 1280, "height": 1400})
         try:
             page = ctx.new_page()
             page.set_default_timeout(30_000)
@@ -88,7 +59,7 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
             page.click("#login")
             expect(page.locator(".error")).to_be_visible()
 
-            _login(page, url, "demo", "demo")
+            login(page, url, "demo", "demo")
             row = page.locator(f'#fleet tr[data-node="{node_id}"]')
             expect(row.locator(".node-state")).to_have_text("online", timeout=40_000)
 
@@ -146,11 +117,7 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
             expect(page.locator("#catalogue tbody tr").first).to_be_visible()
             page.select_option("#window", "60")
             page.wait_for_timeout(4000)  # a few more points on the plots
-            shot = tmp_path / "console-node.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-            if os.environ.get("UMBRA_UPDATE_DOCS") == "1":
-                shutil.copyfile(shot, DOCS / "console-node.png")
+            screenshot(page, tmp_path, "console-node.png", full_page=True)
 
             # Alarms page renders for the commander.
             page.goto(f"{url}/alarms")
@@ -159,7 +126,7 @@ def test_operator_session_in_chromium(stack: tuple[str, str], tmp_path: Path) ->
             # A viewer sees the node but cannot command: the button is disabled and the
             # server refuses the request itself.
             page.click("#logout")
-            _login(page, url, "viewer", "viewer")
+            login(page, url, "viewer", "viewer")
             page.goto(f"{url}/node/{node_id}")
             expect(page.locator("#viewer-note")).to_be_visible()
             expect(page.locator("#cmd-send")).to_be_disabled()

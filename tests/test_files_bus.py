@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
+from collector import Collector
 
 from ground.files import FileGround, prepare_bundle
 from ground.send import build_telecommand, send_command
 from hil.bench import LocalBench
 from hil.broker import Mosquitto, free_port
 from node.bus import signing
-from node.bus.payloads import Event, Housekeeping, Leaf, TcReport, decode_message, topic
+from node.bus.payloads import Housekeeping, TcReport
 from node.errors import RemoteProtocolError
 from node.files import bundle as bundles
 from node.files.endpoint import file_digest
@@ -98,50 +98,6 @@ def _site(tmp: Path, mq: Mosquitto, node_id: str, *, files: dict[str, Any] | Non
     return Site(tmp, mq, node_id, key, key_file, bench, private)
 
 
-class Collector:
-    """Every telemetry packet of one node, by seq (a persistent QoS 1 session)."""
-
-    def __init__(self, mq: Mosquitto, node_id: str) -> None:
-        self.mq, self.node_id = mq, node_id
-        self.seen: dict[int, Any] = {}
-        self.subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.subscribed.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(self.mq.host, self.mq.port, identifier=f"collect-{self.node_id}",
-                                          clean_session=False) as client:
-                    for leaf in (Leaf.HK, Leaf.EVENT, Leaf.TC_REPORT):
-                        await client.subscribe(topic(self.node_id, leaf), qos=1)
-                    self.subscribed.set()
-                    async for m in client.messages:
-                        try:
-                            _, p = decode_message(str(m.topic), bytes(m.payload))  # type: ignore[arg-type]
-                        except RemoteProtocolError:
-                            continue
-                        if isinstance(p, Housekeeping | Event | TcReport):
-                            self.seen[p.seq] = p
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)
-
-    def missing(self) -> list[int]:
-        return [s for s in range(1, max(self.seen, default=0) + 1) if s not in self.seen]
-
-    def events(self, kind: str) -> list[Event]:
-        return [p for p in self.seen.values() if isinstance(p, Event) and p.kind == kind]
-
-
 async def _until(pred: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -190,7 +146,7 @@ async def test_a_200_mb_downlink_survives_a_broker_outage_and_a_node_sigkill(tmp
     try:
         async with Collector(mq, node_id) as col, files:
             await site.start()
-            await _until(lambda: any(isinstance(p, Housekeeping) and p.link_up for p in col.seen.values()), 30,
+            await _until(lambda: any(isinstance(p, Housekeeping) and p.link_up for p in col.packets()), 30,
                          "link up")
             report = await site.command("file_downlink", job="train")
             assert report.stage == "completed", report

@@ -490,8 +490,8 @@ def _console_process(mosquitto: Mosquitto, tmp_path: Path, archive: Path, *extra
 @pytest.mark.timeout(120)
 def test_2_a_page_on_another_port_cannot_command_as_the_operator(mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
-    from test_console_browser import ARGS, CHROMIUM
-    from test_console_browser import _login as browser_login
+    from browser import ARGS, CHROMIUM
+    from browser import login as browser_login
 
     key_file = tmp_path / "tc-keys.json"
     signing.write_keys(key_file, {"node-1": signing.new_key()})
@@ -581,8 +581,8 @@ XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 @pytest.mark.timeout(120)
 def test_guard_script_in_event_texts_data_and_arguments_stays_text(mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
-    from test_console_browser import ARGS, CHROMIUM
-    from test_console_browser import _login as browser_login
+    from browser import ARGS, CHROMIUM
+    from browser import login as browser_login
 
     archive_path = tmp_path / "archive.sqlite"
     with Archive(archive_path) as archive:

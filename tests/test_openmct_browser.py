@@ -12,9 +12,6 @@ cannot command.  ``UMBRA_UPDATE_DOCS=1`` saves the plot's screenshot as docs/ope
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,19 +19,15 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from browser import chromium, ground_console, login, need_chromium, screenshot
 
 from ground.web.openmct import installed
-from hil.broker import Mosquitto, free_port
-from hil.procs import ManagedProcess
+from hil.broker import Mosquitto
 from node.bus import signing
 from node.bus.payloads import Housekeeping, Leaf, NodeState, topic
 
 pytestmark = [pytest.mark.e2e]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 NODE = "mct-1"
 
 
@@ -67,36 +60,18 @@ class Publisher:
 
 @pytest.fixture
 def console(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[str, Publisher]]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium not found: `make test` installs Debian's chromium", pytrace=False)
+    need_chromium()
     if not installed():
         pytest.fail("Open MCT is not installed: `make test` runs `make openmct`", pytrace=False)
     key_file = tmp_path / "tc-keys.json"
     signing.write_keys(key_file, {NODE: signing.new_key()})
-    port = free_port()
-    serve = ManagedProcess(
-        [sys.executable, "-m", "ground.cli", "serve", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
-         "--http", f"127.0.0.1:{port}", "--archive", str(tmp_path / "archive.sqlite"), "--key-file", str(key_file)],
-        name="serve", log_dir=tmp_path / "logs")
-    serve.start()
-    publisher = None
-    try:
-        serve.wait_for_line(r"console on http://", 30)
+    with ground_console(mosquitto, tmp_path, key_file) as url:
         publisher = Publisher(mosquitto)
-        publisher.state()
-        yield f"http://127.0.0.1:{port}", publisher
-    finally:
-        if publisher is not None:
+        try:
+            publisher.state()
+            yield url, publisher
+        finally:
             publisher.close()
-        serve.stop()
-
-
-def _login(page: Any, url: str, user: str, password: str) -> None:
-    page.goto(f"{url}/login")
-    page.fill("#user", user)
-    page.fill("#password", password)
-    page.click("#login")
-    page.wait_for_url(f"{url}/")
 
 
 @pytest.mark.timeout(180)
@@ -111,9 +86,7 @@ def test_open_mct_shows_archived_then_live_telemetry_with_limits(console: tuple[
     channel = "temp_c[0]"
     path = f"#/browse/umbra:fleet/umbra:node:{NODE}/umbra:{NODE}.{channel}"
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1400, "height": 860})
+        ctx = chromium(pw, tmp_path, viewport={"width": 1400, "height": 860})
         try:
             page = ctx.new_page()
             page.set_default_timeout(30_000)
@@ -122,7 +95,7 @@ def test_open_mct_shows_archived_then_live_telemetry_with_limits(console: tuple[
             # Behind the console's login: Open MCT itself redirects a stranger to it.
             page.goto(f"{url}/openmct")
             assert page.url == f"{url}/login"
-            _login(page, url, "demo", "demo")
+            login(page, url, "demo", "demo")
             # the archive has the history before the page asks for it
             deadline = time.monotonic() + 20
             while len(json.loads(page.request.get(
@@ -163,11 +136,7 @@ def test_open_mct_shows_archived_then_live_telemetry_with_limits(console: tuple[
                 item.locator(".c-disclosure-triangle").click()
             expect(page.locator(".c-tree__item", has_text="power_w[3]").first).to_be_visible()
             page.wait_for_timeout(1500)
-            shot = tmp_path / "openmct-node.png"
-            page.screenshot(path=str(shot))
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-            if os.environ.get("UMBRA_UPDATE_DOCS") == "1":
-                shutil.copyfile(shot, DOCS / "openmct-node.png")
+            screenshot(page, tmp_path, "openmct-node.png")
 
             # The telemetry table of the same channel: the 95 °C row is red (limit evaluator).
             page.goto(f"{url}/openmct{path}?view=table")
@@ -187,11 +156,10 @@ def test_a_viewer_opens_open_mct_but_cannot_command(console: tuple[str, Publishe
     url, node = console
     node.hk(time.time(), 70.0)
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+        ctx = chromium(pw, tmp_path)
         try:
             page = ctx.new_page()
-            _login(page, url, "viewer", "viewer")
+            login(page, url, "viewer", "viewer")
             page.goto(f"{url}/openmct#/browse/umbra:fleet")
             expect(page.get_by_text(f"Node {NODE}").first).to_be_visible(timeout=30_000)
             page.goto(f"{url}/node/{NODE}")

@@ -37,7 +37,7 @@ from ground.web.auth import LoginRefused, Sessions, User, demo_users, load_users
 from ground.web.openmct import OpenMct
 from node.bus.commands import BY_NAME, dictionary, dictionary_hash, validate
 from node.errors import CommandRejected, ConfigError, LocalProtocolError
-from node.files.store import TransferDb
+from node.files.store import reading as transfers_db
 
 log = logging.getLogger("umbra.ground.web")
 
@@ -555,14 +555,8 @@ in the green. Limits: <span id="limits"></span></p>
                       "truncated": bool(row["data"].get("truncated"))})
 
     def _transfers(self, node: str) -> list[dict[str, Any]]:
-        path = self.files_dir / "transfers.sqlite"
-        if not path.exists():
-            return []
-        db = TransferDb(path)
-        try:
-            return [r.to_dict() for r in db.recent(50, node)]
-        finally:
-            db.close()
+        with transfers_db(self.files_dir / "transfers.sqlite") as db:
+            return [] if db is None else [r.to_dict() for r in db.recent(50, node)]
 
     async def api_files(self, request: web.Request) -> web.Response:
         """The node's file transfers, newest first, with their progress (ICD §5.9)."""
@@ -574,14 +568,8 @@ in the green. Limits: <span id="limits"></span></p>
 
     def _received_file(self, xfer: str) -> Path | None:
         """The stored file of a finished downlink, if it is in the file store."""
-        path = self.files_dir / "transfers.sqlite"
-        if not path.exists():
-            return None
-        db = TransferDb(path)
-        try:
-            row = db.get(xfer)
-        finally:
-            db.close()
+        with transfers_db(self.files_dir / "transfers.sqlite") as db:
+            row = None if db is None else db.get(xfer)
         if row is None or row.state != "done" or not row.final_path:
             return None
         final = Path(row.final_path).resolve()

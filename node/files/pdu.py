@@ -32,6 +32,8 @@ from node.errors import LocalProtocolError, RemoteProtocolError
 
 DOMAIN = b"umbra-file-v1"
 XFER_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+#: A file's hash (either algorithm in HASHES), as lowercase hex.
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 #: A file name: one path component, printable, no separators.
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+=@,-][A-Za-z0-9_.+=@, -]{0,199}$")
 MAX_FILE_BYTES = 2**40
@@ -80,6 +82,10 @@ def _str(value: Any, what: str, limit: int = 200) -> None:
            f"{what}: expected printable text of at most {limit} characters")
 
 
+def _digest(value: Any) -> None:
+    _check(isinstance(value, str) and DIGEST_RE.fullmatch(value) is not None, "digest: 64 lowercase hex digits")
+
+
 def _ids(node_id: str, xfer: str) -> None:
     check_node_id(node_id)
     _check(isinstance(xfer, str) and XFER_RE.fullmatch(xfer) is not None,
@@ -114,8 +120,7 @@ class Meta(Pdu):
         _int(self.size, 0, MAX_FILE_BYTES, "size")
         _int(self.chunk, MIN_CHUNK, MAX_CHUNK, "chunk")
         _check(self.hash in HASHES, f"hash {self.hash!r}: one of {', '.join(HASHES)}")
-        _check(isinstance(self.digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.digest) is not None,
-               "digest: 64 lowercase hex digits")
+        _digest(self.digest)
         _check(self.kind in KINDS, f"kind {self.kind!r}: one of {', '.join(KINDS)}")
         _int(self.priority, 0, 9, "priority")
         _check(isinstance(self.info, dict) and all(isinstance(k, str) for k in self.info), "info: a map")
@@ -170,8 +175,7 @@ class Eof(Pdu):
     def __post_init__(self) -> None:
         _ids(self.node_id, self.xfer)
         _int(self.size, 0, MAX_FILE_BYTES, "size")
-        _check(isinstance(self.digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.digest) is not None,
-               "digest: 64 lowercase hex digits")
+        _digest(self.digest)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,7 +36,8 @@ from node.errors import CommandRejected, Reason, RemoteProtocolError
 from node.files import bundle as bundles
 from node.files.config import FilesConfig
 from node.files.endpoint import Admit, Endpoint, file_digest
-from node.files.pdu import AnyPdu, Data, Fin, FinStatus, Meta, open_envelope
+from node.files.pdu import Fin, FinStatus, Meta, open_envelope
+from node.files.pump import Pump
 from node.files.store import TransferDb, TransferRow
 from node.jobs.store import CheckpointStore, check_job_id
 
@@ -75,8 +76,7 @@ class FileService:
                                  window=config.window_bytes, probe_s=config.probe_s, clock=clock, inline=False)
         self.endpoint.load()
         self._clean_spool()
-        self._wake = asyncio.Event()
-        self._settle = asyncio.Event()  # a receiver's bytes to make durable, a file to hash
+        self.pump = Pump(self.endpoint, max_inflight=config.max_inflight, rate_bytes_s=config.rate_bytes_s)
         self._thread = threading.get_ident()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -150,7 +150,7 @@ class FileService:
         self.endpoint.send(meta, spool, check_source=True)
         self._event("file_queued", Severity.INFO, f"downlink {xfer} of {meta.name} queued ({info.size} bytes, "
                     f"priority {priority})", xfer=xfer, name=meta.name, size=info.size, file_kind="checkpoint")
-        self._wake.set()
+        self.pump.wake()
         return {"xfer": xfer, "name": meta.name, "size": info.size, "seq": info.seq}
 
     def downlink_result(self, job: str, path: str, priority: int) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class FileService:
             self.endpoint.send(meta, spool)
             self._event("file_queued", Severity.INFO, f"downlink {xfer} of {job}/{path} queued ({meta.size} bytes)",
                         xfer=xfer, name=name, size=meta.size, file_kind="result")
-            self._wake.set()
+            self.pump.wake()
         except OSError as exc:
             _remove(spool)
             self._event("file_failed", Severity.WARNING, f"downlink {xfer} of {job}/{path}: {exc}", xfer=xfer)
@@ -197,7 +197,7 @@ class FileService:
     def cancel(self, xfer: str) -> None:
         if not self.endpoint.cancel(xfer, "cancelled by ground"):
             raise CommandRejected(f"no active transfer {xfer!r}", code=Reason.NOT_FOUND)
-        self._wake.set()
+        self.pump.wake()
 
     def listing(self) -> list[dict[str, Any]]:
         """Active transfers and the last few that ended (for a ``file_list`` report)."""
@@ -239,10 +239,7 @@ class FileService:
         if isinstance(pdu, Meta) and pdu.direction != "up":
             self.rejected += 1
             return
-        self.endpoint.handle(pdu)
-        if self.endpoint.unsettled:
-            self._settle.set()
-        self._wake.set()
+        self.pump.handle(pdu)
 
     def _admit(self, meta: Meta) -> Admit:
         """A new uplink: only signed bundles this node trusts, no bigger than allowed."""
@@ -306,63 +303,15 @@ class FileService:
 
     # -- on the wire ------------------------------------------------------------------------
 
-    async def _settler(self) -> None:
-        """Receivers' fsyncs and hashes, in a thread, one after another."""
-        while True:
-            await self._settle.wait()
-            self._settle.clear()
-            await self.endpoint.settle()
-            self._wake.set()
-
     async def run(self, publish: Publish) -> None:
         """Send while connected (cancelled when the connection goes)."""
         self._loop = asyncio.get_running_loop()
         self.endpoint.reconnected()
-        settler = asyncio.create_task(self._settler(), name="umbra.node.files.settle")
-        slots = asyncio.Semaphore(self.config.max_inflight)
-        inflight: set[asyncio.Task[None]] = set()
-        rate = self.config.rate_bytes_s
-        tokens, refilled = 0.0, time.monotonic()
-        failure: list[BaseException] = []
-
-        async def put(body: bytes) -> None:
-            try:
-                await publish(body)
-            except BaseException as exc:  # the connection is going; the bus reconnects
-                failure.append(exc)
-            finally:
-                slots.release()
-                self._wake.set()
-
+        settler = asyncio.create_task(self.pump.settle_forever(), name="umbra.node.files.settle")
         try:
-            while True:
-                if failure:
-                    raise failure[0]
-                self.endpoint.tick()
-                if self.endpoint.unsettled:
-                    self._settle.set()
-                pdu: AnyPdu | None = self.endpoint.next_out()
-                if pdu is None:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), min(0.25, self.config.probe_s / 2))
-                    continue
-                body = pdu.to_wire()
-                if rate > 0 and isinstance(pdu, Data):
-                    now = time.monotonic()
-                    tokens = min(rate / 4, tokens + (now - refilled) * rate)  # bursts of 250 ms at most
-                    refilled = now
-                    tokens -= len(body)
-                    if tokens < 0:
-                        await asyncio.sleep(-tokens / rate)
-                await slots.acquire()
-                task = asyncio.create_task(put(body))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
+            await self.pump.run(lambda pdu: pdu.to_wire(), lambda _pdu, body: publish(body))
         finally:
             settler.cancel()
-            for task in list(inflight):
-                task.cancel()
 
 
 def _remove(path: Path) -> None:

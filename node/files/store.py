@@ -10,6 +10,7 @@ answered by ``ack``) settle what still has to travel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -171,4 +172,17 @@ class TransferDb:
         return int(row[0])
 
 
-__all__ = ["ACTIVE", "ENDED", "TransferDb", "TransferRow"]
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[TransferDb | None]:
+    """Another process's transfer database, opened for a look (None where there is none yet)."""
+    if not path.exists():
+        yield None
+        return
+    db = TransferDb(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+__all__ = ["ACTIVE", "ENDED", "TransferDb", "TransferRow", "reading"]
